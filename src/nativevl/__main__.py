@@ -1,0 +1,2 @@
+from nativevl.cli import main
+main()

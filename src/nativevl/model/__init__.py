@@ -1,0 +1,1 @@
+"""The model: InternViT, the Qwen2 decoder and the InternVL composition."""

@@ -1,0 +1,238 @@
+"""The Qwen2 decoder (InternVL3-1B … 78B): pre-RMSNorm blocks, grouped-query attention with q/k/v biases,
+rotary positions computed per token from float position ids (so V2PE's fractional positions are exact),
+dynamic-NTK RoPE scaling, a SwiGLU MLP and an optionally tied `lm_head`.
+
+Module names follow transformers' `Qwen2ForCausalLM` (`model.layers.i.self_attn.q_proj`, …), which is also
+what the original InternVL checkpoints store under `language_model.`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nativevl.config import TextConfig
+from nativevl.model.layers import RMSNorm, activation
+
+
+# --- rotary position embedding ------------------------------------------------------------------------------
+
+
+def rope_inv_freq(cfg: TextConfig, position_ids: torch.Tensor) -> torch.Tensor:
+    """Inverse frequencies (head_dim/2,), with dynamic NTK scaling once positions pass the trained length.
+
+    Dynamic NTK (transformers' `_compute_dynamic_ntk_parameters`) enlarges the base as a function of the
+    longest position in the call, `seq_len = max(position) + 1`; up to `max_position_embeddings` it is plain
+    RoPE. Decoding grows positions monotonically, so this per-call rule equals transformers' cached one.
+    """
+    dim = cfg.head_dim
+    base: float | torch.Tensor = cfg.rope_theta
+    scaling = cfg.rope_scaling or {}
+    kind = scaling.get("type", scaling.get("rope_type", "default"))
+    if kind == "dynamic" and position_ids.numel():
+        limit = cfg.max_position_embeddings
+        seq_len = position_ids.float().max() + 1
+        if seq_len > limit:
+            factor = float(scaling["factor"])
+            base = base * ((factor * seq_len / limit) - (factor - 1)) ** (dim / (dim - 2))
+    elif kind not in ("default", "dynamic"):
+        raise ValueError(f"rope_scaling type {kind!r} is not supported (supported: default, dynamic)")
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device=position_ids.device).float() / dim
+    return 1.0 / (base**exponents)
+
+
+def rope_cos_sin(
+    cfg: TextConfig, position_ids: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (B, L, head_dim) for float or integer positions (B, L), computed in float32."""
+    freqs = position_ids.float()[..., None] * rope_inv_freq(cfg, position_ids)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, L, D); cos/sin (B, L, D)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return x * cos + _rotate_half(x) * sin
+
+
+# --- KV cache -----------------------------------------------------------------------------------------------
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: (B, kv_heads, max_len, head_dim) each.
+
+    `length` counts the slots written so far. Slots are independent of RoPE positions, which the caller
+    passes explicitly (V2PE positions are fractional and do not equal slot indices).
+    """
+
+    def __init__(
+        self, cfg: TextConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device | str
+    ) -> None:
+        shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+        self.length = 0
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new keys/values after the current length; return everything written so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache is full: {end} slots needed, {self.max_len} allocated")
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+# --- decoder ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AttentionInputs:
+    """What every layer needs to attend: rotary tables and either a mask or the causal flag."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor | None  # bool (B, 1, Lq, Lk), True = may attend
+    is_causal: bool
+
+
+def attention_inputs(
+    cfg: TextConfig,
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    past: int,
+    dtype: torch.dtype,
+) -> AttentionInputs:
+    """Causal attention over `past` cached slots plus the new ones, hiding padded keys.
+
+    attention_mask: (B, past + L) with 1 for real tokens, or None when nothing is padded.
+    """
+    cos, sin = rope_cos_sin(cfg, position_ids, dtype)
+    length = position_ids.shape[1]
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    if not padded:
+        if past == 0:
+            return AttentionInputs(cos, sin, None, is_causal=True)
+        if length == 1:
+            return AttentionInputs(cos, sin, None, is_causal=False)
+    device = position_ids.device
+    q_idx = torch.arange(past, past + length, device=device)[:, None]
+    k_idx = torch.arange(past + length, device=device)[None, :]
+    mask = (k_idx <= q_idx)[None, None]
+    if padded:
+        keep = attention_mask[:, None, None, : past + length].bool()
+        # A padded query row would otherwise see no key at all (NaN); let it see itself. Its output is unused.
+        mask = (mask & keep) | (k_idx == q_idx)[None, None]
+    return AttentionInputs(cos, sin, mask, is_causal=False)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TextConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.dropout = cfg.attention_dropout
+        d, hd = cfg.hidden_size, cfg.head_dim
+        self.q_proj = nn.Linear(d, self.num_heads * hd, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(d, self.num_kv_heads * hd, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(d, self.num_kv_heads * hd, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.num_heads * hd, d, bias=False)
+
+    def forward(self, x: torch.Tensor, a: AttentionInputs, cache: KVCache | None) -> torch.Tensor:
+        b, length, _ = x.shape
+        q = self.q_proj(x).view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, a.cos, a.sin), apply_rope(k, a.cos, a.sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=a.mask,
+            is_causal=a.is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.act = activation(cfg.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TextConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, a: AttentionInputs, cache: KVCache | None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), a, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class CausalLM(nn.Module):
+    """Decoder plus `lm_head`; forward takes embeddings, so the caller can splice images in first."""
+
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = Decoder(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share lm_head with the embedding when the config ties them (again after to_empty or loading)."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        logits_to_keep: int = 0,
+    ) -> torch.Tensor:
+        """(B, L, D) embeddings -> (B, L or logits_to_keep, vocab) logits; appends to `cache` if given."""
+        past = cache.length if cache is not None else 0
+        a = attention_inputs(self.config, position_ids, attention_mask, past, inputs_embeds.dtype)
+        x = inputs_embeds
+        for layer in self.model.layers:
+            x = layer(x, a, cache)
+        if cache is not None:
+            cache.length += x.shape[1]
+        x = self.model.norm(x[:, -logits_to_keep:] if logits_to_keep else x)
+        return self.lm_head(x)
