@@ -64,7 +64,7 @@ class TextConfig:
     initializer_range: float = 0.02
     attention_dropout: float = 0.0
     bos_token_id: int | None = 151643
-    eos_token_id: int | None = 151645  # <|im_end|>
+    eos_token_id: int | None = 151643  # as the released llm_config; chat stops on <|im_end|> (151645)
     pad_token_id: int | None = None
 
     @property

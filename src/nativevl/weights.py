@@ -301,7 +301,7 @@ def config_to_dict(cfg: ModelConfig, layout: str, dtype: str = "float32") -> dic
             "vision_feature_layer": cfg.select_layer,
             "vision_feature_select_strategy": "default",
             "tie_word_embeddings": t.tie_word_embeddings,
-            "torch_dtype": dtype,
+            "dtype": dtype,
         }
     raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 

@@ -1,0 +1,67 @@
+"""The independent reference: transformers' InternVL, built from configs written here by hand (not through
+nativevl's own config converter), with tiny random weights. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import InternVLConfig, InternVLForConditionalGeneration  # noqa: E402
+
+IMG_CONTEXT = 5  # <IMG_CONTEXT> in the tiny vocabulary
+IMG_START, IMG_END = 3, 4
+
+VISION_300M = dict(attention_bias=True, use_qk_norm=False, norm_type="layer_norm")
+VISION_6B = dict(attention_bias=False, use_qk_norm=True, norm_type="rms_norm")
+
+
+def hf_config(
+    vision: dict, tied: bool, image_size: int = 448, rope: dict | None = None, max_positions: int = 32768,
+    feature_layer: int = -1,
+) -> InternVLConfig:
+    rope = rope or {"rope_type": "default", "rope_theta": 1e6}
+    return InternVLConfig(
+        vision_config=dict(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+            image_size=image_size, patch_size=14, layer_norm_eps=1e-6, **vision,
+        ),
+        text_config=dict(
+            model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, vocab_size=1000, rms_norm_eps=1e-6,
+            max_position_embeddings=max_positions, rope_parameters=rope, tie_word_embeddings=tied,
+        ),
+        image_token_id=IMG_CONTEXT,
+        vision_feature_layer=feature_layer,
+        tie_word_embeddings=tied,  # transformers decides tying by the top-level flag
+    )
+
+
+def hf_model(config: InternVLConfig, seed: int = 0) -> InternVLForConditionalGeneration:
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(config).eval()
+    # Random LayerScale and norm weights, so a mix-up between them (or a dropped bias) cannot hide.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lambda" in name or "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def prompt(tiles: list[int], tokens_per_tile: int = 256, seed: int = 1) -> torch.Tensor:
+    """(1, L) ids: random text around one <img> <IMG_CONTEXT>*n </img> block per image."""
+    g = torch.Generator().manual_seed(seed)
+    ids: list[int] = []
+    for n in tiles:
+        ids += torch.randint(20, 1000, (5,), generator=g).tolist()
+        ids += [IMG_START] + [IMG_CONTEXT] * (tokens_per_tile * n) + [IMG_END]
+    ids += torch.randint(20, 1000, (7,), generator=g).tolist()
+    return torch.tensor([ids])
+
+
+def pixels(tiles: int, size: int = 448, seed: int = 2) -> torch.Tensor:
+    return torch.randn(tiles, 3, size, size, generator=torch.Generator().manual_seed(seed))
