@@ -154,11 +154,9 @@ class InternVL(nn.Module):
         and then dropped.
         """
         embeds = self.language_model.model.embed_tokens(input_ids)
-        selected = input_ids == self.config.img_context_token_id
         if pixel_values is None:
-            if bool(selected.any()):
-                raise ValueError(f"input has {int(selected.sum())} <IMG_CONTEXT> tokens but no pixel_values")
-            return embeds
+            return embeds  # a generated <IMG_CONTEXT> token is embedded as text, as transformers does
+        selected = input_ids == self.config.img_context_token_id
         features = self.extract_feature(pixel_values)
         if image_flags is not None:
             flags = image_flags.reshape(-1)
@@ -190,6 +188,9 @@ class InternVL(nn.Module):
     ) -> Output:
         """input_ids (B, L); pixel_values (tiles, 3, H, W); attention_mask (B, past + L) of 1 = real token;
         position_ids (B, L), integer or fractional (V2PE); labels (B, L) with -100 = not learned."""
+        prompt = cache is None or cache.length == 0
+        if pixel_values is None and prompt and bool((input_ids == self.config.img_context_token_id).any()):
+            raise ValueError("the input has <IMG_CONTEXT> tokens but no pixel_values")
         embeds = self.embed(input_ids, pixel_values, image_flags)
         if position_ids is None:
             position_ids = default_positions(input_ids, attention_mask, cache.length if cache else 0)
