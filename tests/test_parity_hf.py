@@ -183,3 +183,11 @@ def test_fractional_v2pe_positions(pair):
     assert (out - ref).abs().max().item() <= 1e-5
     integer = ours(ids, pixel_values=pv).logits
     assert (out - integer).abs().max().item() > 1e-4
+
+
+@torch.no_grad()
+def test_projector_on_low_variance_features(pair):
+    """mlp1's LayerNorm eps (1e-5, unlike the ViT's 1e-6) only shows when the features are nearly constant."""
+    hf, ours = pair
+    x = 1 + 1e-3 * torch.randn(2, 256, 256, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(ours.mlp1(x), hf.model.multi_modal_projector(x), rtol=0, atol=1e-5)
