@@ -1,0 +1,1 @@
+"""Data: images, video, prompts and training samples."""

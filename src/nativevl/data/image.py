@@ -1,0 +1,140 @@
+"""Images to tiles, exactly as the original InternVL `load_image` / `dynamic_preprocess` (spec §2.1–§2.3).
+
+An image is resized to a grid of `cols x rows` 448-px tiles whose aspect is closest to the image's, cut
+row-major, and, when there is more than one tile, followed by a 448 x 448 thumbnail of the whole image. Each
+tile is scaled to [0, 1] and normalised with the ImageNet mean and std.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Pillow's own decompression-bomb threshold (about 89.5 megapixels); pass max_pixels to allow more.
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+ImageSource = str | Path | Image.Image
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message names the file."""
+
+
+def candidate_grids(min_num: int, max_num: int) -> list[tuple[int, int]]:
+    """(cols, rows) grids with min_num <= cols*rows <= max_num, by tile count.
+
+    Inside one tile count the order is the iteration order of the Python set the original builds (the sort is
+    stable), which decides exact ties below, so the set is built the same way.
+    """
+    grids = {
+        (i, j)
+        for n in range(min_num, max_num + 1)
+        for i in range(1, n + 1)
+        for j in range(1, n + 1)
+        if min_num <= i * j <= max_num
+    }
+    return sorted(grids, key=lambda g: g[0] * g[1])
+
+
+def closest_grid(width: int, height: int, grids: list[tuple[int, int]], tile: int) -> tuple[int, int]:
+    """The grid whose aspect is closest to width/height, scanning in order.
+
+    On an exact (float ==) tie the later grid wins only if the image has more than half the pixels of that
+    grid. Ties also happen between different aspects when the image's aspect is their exact midpoint (7:4,
+    7:8, 9:4, …), so resolution matters there; a tolerance or grouping by aspect would change the result.
+    """
+    aspect = width / height
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in grids:
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and width * height > 0.5 * tile * tile * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def dynamic_preprocess(
+    image: Image.Image, min_num: int = 1, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True
+) -> list[Image.Image]:
+    """Cut an RGB image into tiles: the grid's tiles row-major, then the thumbnail if there are several."""
+    width, height = image.size
+    cols, rows = closest_grid(width, height, candidate_grids(min_num, max_num), image_size)
+    resized = image.resize((cols * image_size, rows * image_size))  # Pillow's default: bicubic for RGB
+    tiles = [
+        resized.crop((c * image_size, r * image_size, (c + 1) * image_size, (r + 1) * image_size))
+        for r in range(rows)
+        for c in range(cols)
+    ]
+    if use_thumbnail and len(tiles) > 1:
+        tiles.append(image.resize((image_size, image_size)))
+    return tiles
+
+
+def normalize(tiles: list[Image.Image], image_size: int = 448) -> torch.Tensor:
+    """RGB tiles -> (n, 3, S, S) float32: x / 255, then (x - mean) / std per channel, in float32."""
+    arrays = []
+    for tile in tiles:
+        if tile.size != (image_size, image_size):
+            tile = tile.resize((image_size, image_size), Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(tile, dtype=np.uint8))
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open a file (or take a PIL image) and convert it to RGB as the original does (`.convert('RGB')`:
+    alpha and palette transparency are dropped, not composited). Bad input raises ImageError naming it."""
+    if isinstance(source, Image.Image):
+        name, image = "image", source
+    else:
+        path = Path(source)
+        name = str(path)
+        if not path.is_file():
+            raise ImageError(f"{name}: no such file")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{name}: the file is empty")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
+                image = Image.open(path)
+        except Image.DecompressionBombError as e:
+            raise ImageError(f"{name}: too many pixels ({e})") from None
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise ImageError(f"{name}: not a readable image ({e})") from None
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise ImageError(f"{name}: the image is {width}x{height} pixels")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{name}: {width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} "
+            "(a guard against decompression bombs; pass max_pixels to allow more)"
+        )
+    try:
+        image.load()
+        return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{name}: truncated or corrupt image data ({e})") from None
+
+
+def load_image(
+    image_or_path: ImageSource,
+    input_size: int = 448,
+    max_num: int = 12,
+    min_num: int = 1,
+    use_thumbnail: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """The tiles of one image, (n, 3, input_size, input_size) float32, as the original `load_image`."""
+    if not 1 <= min_num <= max_num:
+        raise ValueError(f"need 1 <= min_num <= max_num, got min_num={min_num}, max_num={max_num}")
+    image = open_image(image_or_path, max_pixels)
+    return normalize(dynamic_preprocess(image, min_num, max_num, input_size, use_thumbnail), input_size)
