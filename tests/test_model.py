@@ -123,3 +123,10 @@ def test_bf16_forward_is_close_to_fp32(model):
         out = low.to(torch.bfloat16).eval()(ids, pixel_values=pv).logits
     assert out.dtype == torch.bfloat16
     assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_drop_path_rate_one_drops_everything_without_nan():
+    from nativevl.model.layers import DropPath
+
+    out = DropPath(1.0).train()(torch.ones(4, 3))
+    assert torch.equal(out, torch.zeros(4, 3))

@@ -199,3 +199,78 @@ def test_loading_holds_one_copy_of_the_weights(tmp_path):
     grew = int(subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path)], capture_output=True, text=True,
                               check=True).stdout)
     assert grew < 1.4 * size, f"loading a {size / 1e6:.0f} MB file grew peak memory by {grew / 1e6:.0f} MB"
+
+
+def test_untied_head_survives_a_config_without_the_top_level_flag(tmp_path):
+    """transformers ties by default; a stored lm_head that differs from the embedding unties it (as there)."""
+    from transformers import InternVLForConditionalGeneration
+
+    hf = hf_model(hf_config(VISION_300M, tied=False))
+    hf.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["tie_word_embeddings"], config["text_config"]["tie_word_embeddings"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ours = InternVL.from_pretrained(tmp_path).eval()
+    assert not ours.config.text.tie_word_embeddings
+    theirs = InternVLForConditionalGeneration.from_pretrained(tmp_path).eval()
+    ids, pv = prompt([1]), pixels(1)
+    with torch.no_grad():
+        assert (ours(ids, pixel_values=pv).logits - theirs(input_ids=ids, pixel_values=pv).logits).abs().max() < 1e-5
+
+
+def test_a_stored_copy_of_a_tied_head_keeps_it_tied(tmp_path):
+    model = InternVL.from_config(preset("tiny-6b"))
+    model.save_pretrained(tmp_path)
+    _edit(tmp_path, lambda s: s.update({"language_model.lm_head.weight": s["language_model.model.embed_tokens.weight"].clone()}))
+    again = InternVL.from_pretrained(tmp_path)
+    assert again.language_model.lm_head.weight is again.language_model.model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("layout", ["original", "transformers"])
+def test_rope_scaling_spelled_rope_type_survives_a_round_trip(tmp_path, layout):
+    cfg = preset("tiny").replace(**{"text.rope_scaling": {"rope_type": "dynamic", "factor": 4}})
+    assert cfg.text.rope_scaling == {"type": "dynamic", "factor": 4.0}
+    InternVL.from_config(cfg).save_pretrained(tmp_path, layout=layout)
+    assert InternVL.from_pretrained(tmp_path).config.text.rope_scaling == {"type": "dynamic", "factor": 4.0}
+
+
+def test_original_config_without_ps_version_means_v1(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key in ("ps_version", "max_dynamic_patch", "use_thumbnail", "template"):
+        del config[key]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    cfg = InternVL.from_pretrained(tmp_path).config
+    assert (cfg.ps_version, cfg.max_dynamic_patch, cfg.use_thumbnail, cfg.template) == ("v1", 6, False, None)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c["llm_config"].update(model_type="llama", architectures=None), "LLM Qwen2ForCausalLM \\(llama\\)"),
+        (lambda c: c["llm_config"].update(rope_scaling={"type": "yarn", "factor": 4.0}), "'yarn' is not supported"),
+        (lambda c: c.update(force_image_size=224), "force_image_size 224 differs"),
+        (lambda c: c["llm_config"].update(use_sliding_window=True), "sliding-window"),
+    ],
+)
+def test_unsupported_configs_fail_at_load_naming_the_file(tiny, tmp_path, change, message):
+    tiny.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    change(config)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message) as e:
+        InternVL.from_pretrained(tmp_path)
+    assert "config.json" in str(e.value)
+
+
+def test_convert_keeps_remote_code_for_original_to_original(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src/config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_internvl_chat.InternVLChatModel"}
+    (tmp_path / "src/config.json").write_text(json.dumps(config))
+    (tmp_path / "src/modeling_internvl_chat.py").write_text("# remote code\n")
+    convert(tmp_path / "src", tmp_path / "dst", layout="original", dtype=torch.bfloat16)
+    assert json.loads((tmp_path / "dst/config.json").read_text())["auto_map"] == config["auto_map"]
+    assert (tmp_path / "dst/modeling_internvl_chat.py").is_file()
+    convert(tmp_path / "src", tmp_path / "hf", layout="transformers")
+    assert not (tmp_path / "hf/modeling_internvl_chat.py").exists()

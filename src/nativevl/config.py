@@ -67,9 +67,30 @@ class TextConfig:
     eos_token_id: int | None = 151643  # as the released llm_config; chat stops on <|im_end|> (151645)
     pad_token_id: int | None = None
 
+    def __post_init__(self) -> None:
+        self.rope_scaling = normalize_rope_scaling(self.rope_scaling)
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+
+ROPE_TYPES = ("default", "dynamic")
+
+
+def normalize_rope_scaling(scaling: dict[str, Any] | None) -> dict[str, Any] | None:
+    """One form for RoPE scaling: None (plain RoPE) or {"type": "dynamic", "factor": f}.
+
+    Configs spell the kind `type` (transformers 4) or `rope_type` (transformers 5); both are read.
+    """
+    if not scaling:
+        return None
+    kind = scaling.get("type", scaling.get("rope_type", "default"))
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"rope_scaling type {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)})")
+    if kind == "default":
+        return None
+    return {"type": kind, "factor": float(scaling["factor"])}
 
 
 @dataclass
@@ -82,7 +103,7 @@ class ModelConfig:
     ps_version: str = "v2"  # "v1" (older checkpoints) yields a transposed token grid
     select_layer: int = -1  # which ViT hidden state feeds the projector (-1: the last layer)
     img_context_token_id: int = 151667  # <IMG_CONTEXT> in the Qwen2.5-based InternVL3 tokenizers
-    template: str = "internvl2_5"
+    template: str | None = "internvl2_5"
     system_message: str | None = None  # None: the template's default (spec §3.1)
     dynamic_image_size: bool = True
     use_thumbnail: bool = True
@@ -115,6 +136,8 @@ class ModelConfig:
             if name not in {f.name for f in fields(target)}:
                 raise KeyError(f"unknown config field {key!r}")
             setattr(target, name, value)
+            if hasattr(target, "__post_init__"):
+                target.__post_init__()  # re-normalise (e.g. rope_scaling spellings)
         return new
 
 

@@ -179,25 +179,38 @@ def _text_from(d: dict[str, Any], where: str) -> TextConfig:
     d = dict(d)
     arch = (d.get("architectures") or ["Qwen2ForCausalLM"])[0]
     model_type = d.get("model_type", "qwen2")
-    if arch != "Qwen2ForCausalLM" and model_type != "qwen2":
+    if arch != "Qwen2ForCausalLM" or model_type != "qwen2":
         raise CheckpointError(f"{where}: LLM {arch} ({model_type}) is not supported; supported: Qwen2ForCausalLM")
     if d.get("use_sliding_window"):
         raise CheckpointError(f"{where}: sliding-window attention (use_sliding_window=true) is not supported")
     rope = d.get("rope_parameters")  # transformers 5 keeps theta and scaling together
     if isinstance(rope, dict):
         d.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
-        kind = rope.get("rope_type", rope.get("type", "default"))
-        d["rope_scaling"] = None if kind == "default" else {"type": kind, "factor": rope.get("factor")}
-    scaling = d.get("rope_scaling")
-    if isinstance(scaling, dict):
-        kind = scaling.get("type", scaling.get("rope_type", "default"))
-        d["rope_scaling"] = None if kind == "default" else {"type": kind, "factor": scaling.get("factor")}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            d["rope_scaling"] = rope  # a default rope_parameters never cancels an explicit rope_scaling
     if d.get("head_dim") not in (None, d["hidden_size"] // d["num_attention_heads"]):
         raise CheckpointError(f"{where}: head_dim != hidden_size / num_attention_heads is not supported")
     d["architecture"] = "Qwen2ForCausalLM"
     d.setdefault("attention_bias", True)  # Qwen2 always has q/k/v biases
     known = set(TextConfig.__dataclass_fields__)
-    return TextConfig(**{k: v for k, v in d.items() if k in known})
+    try:
+        return TextConfig(**{k: v for k, v in d.items() if k in known})
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+
+
+# What the original `InternVLChatConfig` assumes for a field its config.json leaves out; these differ from
+# InternVL3's values (a missing ps_version means the transposed v1 grid).
+ORIGINAL_DEFAULTS = {
+    "ps_version": "v1",
+    "max_dynamic_patch": 6,
+    "min_dynamic_patch": 1,
+    "use_thumbnail": False,
+    "dynamic_image_size": False,
+    "template": None,
+    "select_layer": -1,
+    "downsample_ratio": 0.5,
+}
 
 
 def config_from_dict(raw: dict[str, Any], where: str = "config.json") -> tuple[ModelConfig, str]:
@@ -207,14 +220,22 @@ def config_from_dict(raw: dict[str, Any], where: str = "config.json") -> tuple[M
     if model_type == "internvl_chat":
         vision = _vision_from(raw.get("vision_config") or {}, hf=False)
         text = _text_from(raw.get("llm_config") or {}, where)
-        top = {k: v for k, v in raw.items() if k in top_known}
-        if raw.get("force_image_size"):
-            vision.image_size = int(raw["force_image_size"])
+        top = {**ORIGINAL_DEFAULTS, **{k: v for k, v in raw.items() if k in top_known}}
+        forced = raw.get("force_image_size")
+        if forced and int(forced) != vision.image_size:
+            raise CheckpointError(f"{where}: force_image_size {forced} differs from vision_config.image_size "
+                                  f"{vision.image_size}; resize the position embeddings first")
         return ModelConfig(vision=vision, text=text, **top), "original"
     if model_type == "internvl":
         vision = _vision_from(raw.get("vision_config") or {}, hf=True)
-        text = _text_from(raw.get("text_config") or {}, where)
-        text.tie_word_embeddings = bool(raw.get("tie_word_embeddings", True))  # the top-level flag decides
+        text_raw = raw.get("text_config") or {}
+        text = _text_from(text_raw, where)
+        # transformers decides tying by the top-level flag (default True); a stored lm_head that differs from
+        # the embedding unties it again (see load_model).
+        text.tie_word_embeddings = bool(raw.get("tie_word_embeddings", text_raw.get("tie_word_embeddings", True)))
+        if not isinstance(raw.get("vision_feature_layer", -1), int):
+            raise CheckpointError(f"{where}: vision_feature_layer must be one layer index, got "
+                                  f"{raw['vision_feature_layer']!r}")
         if raw.get("vision_feature_select_strategy", "default") != "default":
             raise CheckpointError(f"{where}: vision_feature_select_strategy must be 'default' (CLS dropped)")
         if raw.get("projector_hidden_act", "gelu") != "gelu":
@@ -416,8 +437,13 @@ def load_model(
         model = InternVL(cfg)
     files = weight_files(folder)
     names = _normalise_names(files, layout)
+    if cfg.text.tie_word_embeddings:
+        cfg.text.tie_word_embeddings = _stored_head_is_tied(files, names)
+        if not cfg.text.tie_word_embeddings:
+            with torch.device("meta"):
+                model = InternVL(cfg)
     expected = _expected_in_layout(model, layout)
-    if cfg.text.tie_word_embeddings:  # a tied head may or may not be stored; it is never read
+    if cfg.text.tie_word_embeddings:  # a stored copy of a tied head is not read
         for name in [n for n, legacy in names.items() if legacy == "language_model.lm_head.weight"]:
             del files[name], names[name]
     _check(expected, {names[n]: s for n, s in _shapes(files).items()}, folder)
@@ -433,6 +459,17 @@ def load_model(
     if left:
         raise CheckpointError(f"{folder}: no weights were read for {', '.join(left)}")
     return model
+
+
+def _stored_head_is_tied(files: dict[str, Path], names: dict[str, str]) -> bool:
+    """A config that ties the head stays tied unless the files hold an lm_head different from the embedding
+    (transformers unties such checkpoints too, with a warning)."""
+    by_legacy = {legacy: name for name, legacy in names.items()}
+    head, embed = by_legacy.get("language_model.lm_head.weight"), by_legacy.get("language_model.model.embed_tokens.weight")
+    if head is None or embed is None:
+        return True
+    with safe_open(files[head], framework="pt") as f, safe_open(files[embed], framework="pt") as g:
+        return torch.equal(f.get_tensor(head), g.get_tensor(embed))
 
 
 def _read(files: dict[str, Path], device: torch.device | str | None) -> Iterator[tuple[str, torch.Tensor]]:
@@ -521,4 +558,12 @@ def convert(src: str | Path, dst: str | Path, layout: str, dtype: torch.dtype | 
     for name in SIDECAR_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
+    source = json.loads((src / "config.json").read_text())
+    if layout == "original" and source.get("model_type") == "internvl_chat" and "auto_map" in source:
+        # keep an original folder usable with its remote code (trust_remote_code) after, e.g., a dtype change
+        for code in src.glob("*.py"):
+            shutil.copy2(code, dst / code.name)
+        config = json.loads((dst / "config.json").read_text())
+        config["auto_map"] = source["auto_map"]
+        (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return model

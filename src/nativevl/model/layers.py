@@ -49,7 +49,7 @@ class DropPath(nn.Module):
             return x
         keep = 1.0 - self.rate
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        return x * mask / keep if keep > 0 else x * mask
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:.3f}"

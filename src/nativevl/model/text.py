@@ -26,20 +26,18 @@ def rope_inv_freq(cfg: TextConfig, position_ids: torch.Tensor) -> torch.Tensor:
 
     Dynamic NTK (transformers' `_compute_dynamic_ntk_parameters`) enlarges the base as a function of the
     longest position in the call, `seq_len = max(position) + 1`; up to `max_position_embeddings` it is plain
-    RoPE. Decoding grows positions monotonically, so this per-call rule equals transformers' cached one.
+    RoPE. transformers instead keeps an enlarged table until a call shorter than the limit resets it; the two
+    agree for prefill plus decoding (positions only grow) and differ only when a long call follows a longer one.
     """
     dim = cfg.head_dim
     base: float | torch.Tensor = cfg.rope_theta
-    scaling = cfg.rope_scaling or {}
-    kind = scaling.get("type", scaling.get("rope_type", "default"))
-    if kind == "dynamic" and position_ids.numel():
+    scaling = cfg.rope_scaling  # normalised by TextConfig: None or {"type": "dynamic", "factor": f}
+    if scaling is not None and position_ids.numel():
         limit = cfg.max_position_embeddings
         seq_len = position_ids.float().max() + 1
         if seq_len > limit:
-            factor = float(scaling["factor"])
+            factor = scaling["factor"]
             base = base * ((factor * seq_len / limit) - (factor - 1)) ** (dim / (dim - 2))
-    elif kind not in ("default", "dynamic"):
-        raise ValueError(f"rope_scaling type {kind!r} is not supported (supported: default, dynamic)")
     exponents = torch.arange(0, dim, 2, dtype=torch.int64, device=position_ids.device).float() / dim
     return 1.0 / (base**exponents)
 
@@ -47,7 +45,8 @@ def rope_inv_freq(cfg: TextConfig, position_ids: torch.Tensor) -> torch.Tensor:
 def rope_cos_sin(
     cfg: TextConfig, position_ids: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (B, L, head_dim) for float or integer positions (B, L), computed in float32."""
+    """cos and sin of shape (B, L, head_dim) for float or integer positions (B, L), computed in float32 as
+    transformers does (so a V2PE step of 1/256 is resolved exactly only below 65,536)."""
     freqs = position_ids.float()[..., None] * rope_inv_freq(cfg, position_ids)
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
