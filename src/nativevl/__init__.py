@@ -1,8 +1,21 @@
 """nativevl: InternVL3 in plain PyTorch — the model, its checkpoints, inference and training."""
 
 from nativevl.config import ModelConfig, TextConfig, VisionConfig, preset
+from nativevl.data.image import load_image
+from nativevl.data.video import load_video
 from nativevl.model.internvl import InternVL, Output, pixel_shuffle
 from nativevl.model.text import KVCache
 
-__all__ = ["InternVL", "KVCache", "ModelConfig", "Output", "TextConfig", "VisionConfig", "pixel_shuffle", "preset"]
+__all__ = [
+    "InternVL",
+    "KVCache",
+    "ModelConfig",
+    "Output",
+    "TextConfig",
+    "VisionConfig",
+    "load_image",
+    "load_video",
+    "pixel_shuffle",
+    "preset",
+]
 __version__ = "0.1.0"
