@@ -65,3 +65,38 @@ def prompt(tiles: list[int], tokens_per_tile: int = 256, seed: int = 1) -> torch
 
 def pixels(tiles: int, size: int = 448, seed: int = 2) -> torch.Tensor:
     return torch.randn(tiles, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<quad>",
+                  "</quad>", "<ref>", "</ref>", "<box>", "</box>", "<video>"]  # ids 0..12; <IMG_CONTEXT> = 5
+
+
+def make_tokenizer(folder, vocab_size: int = 1000):
+    """A tiny Qwen2-style byte-level BPE trained here on Python's own source files, saved by transformers as
+    a checkpoint's tokenizer files (tokenizer.json, tokenizer_config.json, …). Returns the transformers object."""
+    import glob
+    import sysconfig
+
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    from nativevl.tokenizer import QWEN2_SPLIT
+
+    tok = Tokenizer(BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    files = sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/*.py"))[:40]
+    trainer = BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train(files, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   model_max_length=8192)
+    fast.save_pretrained(folder)
+    tok.model.save(str(folder))  # vocab.json + merges.txt too, as released Qwen checkpoints carry them
+    return fast

@@ -3,6 +3,7 @@
 from nativevl.config import ModelConfig, TextConfig, VisionConfig, preset
 from nativevl.data.image import load_image
 from nativevl.data.video import load_video
+from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
 from nativevl.model.internvl import InternVL, Output, pixel_shuffle
 from nativevl.model.text import KVCache
 
@@ -13,7 +14,9 @@ __all__ = [
     "Output",
     "TextConfig",
     "VisionConfig",
+    "InternVLTokenizer",
     "load_image",
+    "load_tokenizer",
     "load_video",
     "pixel_shuffle",
     "preset",
