@@ -100,3 +100,35 @@ def make_tokenizer(folder, vocab_size: int = 1000):
     fast.save_pretrained(folder)
     tok.model.save(str(folder))  # vocab.json + merges.txt too, as released Qwen checkpoints carry them
     return fast
+
+
+# transformers' InternVL chat template (set by its converter; hf-transformers-reference §6.3): an image item is
+# rendered as `<IMG_CONTEXT>\n`, a video item as `<video>\n`, and no default system message is added.
+HF_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
+    "{% elif content['type'] == 'video' %}{{ '<video>\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{'<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def hf_processor(tokenizer_folder):
+    """transformers' InternVLProcessor without its video processor (torchvision is not installed here)."""
+    from transformers import GotOcr2ImageProcessorPil, InternVLProcessor, PreTrainedTokenizerFast
+
+    class ImageOnlyProcessor(InternVLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, image_seq_length=256, chat_template=None, **kw):
+            super().__init__(image_processor, tokenizer, None, image_seq_length, chat_template, **kw)
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(
+        tokenizer_folder,
+        extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
+                              "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
+    )
+    images = GotOcr2ImageProcessorPil(size={"height": 448, "width": 448}, image_mean=[0.485, 0.456, 0.406],
+                                      image_std=[0.229, 0.224, 0.225], crop_to_patches=True, max_patches=12)
+    return ImageOnlyProcessor(image_processor=images, tokenizer=tokenizer, chat_template=HF_CHAT_TEMPLATE)
