@@ -3,15 +3,19 @@
 from nativevl.config import ModelConfig, TextConfig, VisionConfig, preset
 from nativevl.data.image import load_image
 from nativevl.data.video import load_video
+from nativevl.infer.chat import Pipeline
+from nativevl.infer.generate import GenerationConfig
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
 from nativevl.model.internvl import InternVL, Output, pixel_shuffle
 from nativevl.model.text import KVCache
 
 __all__ = [
+    "GenerationConfig",
     "InternVL",
     "KVCache",
     "ModelConfig",
     "Output",
+    "Pipeline",
     "TextConfig",
     "VisionConfig",
     "InternVLTokenizer",

@@ -1,13 +1,101 @@
 """Token generation with the KV cache: one prefill over the prompt (images spliced in), then one decode step
 per new token. The two are separate functions so the decode step can later be compiled or captured.
+
+Sampling follows transformers' order: repetition penalty, min-new-tokens, temperature, top-k, top-p. As in the
+original InternVL (which calls the LLM's `generate` with embeddings only), the repetition penalty sees the
+generated tokens, not the prompt.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 
 from nativevl.model.internvl import InternVL, default_positions
 from nativevl.model.text import KVCache
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 1024
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    eos_token_id: list[int] = field(default_factory=list)
+    stop_strings: list[str] = field(default_factory=list)  # needs a tokenizer
+    seed: int | None = None
+
+    # keys the original passes in its generation_config dict that need no action here
+    _IGNORED = ("pad_token_id", "use_cache", "output_hidden_states", "return_dict_in_generate")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "GenerationConfig":
+        """Read the original's `generation_config` dict (`dict(max_new_tokens=1024, do_sample=True)` …)."""
+        d = dict(d or {})
+        if d.pop("num_beams", 1) != 1:
+            raise ValueError("beam search is not supported; use num_beams=1")
+        for key in cls._IGNORED:
+            d.pop(key, None)
+        if "eos_token_id" in d and d["eos_token_id"] is not None and not isinstance(d["eos_token_id"], list):
+            d["eos_token_id"] = [d["eos_token_id"]]
+        if isinstance(d.get("stop_strings"), str):
+            d["stop_strings"] = [d["stop_strings"]]
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown generation setting(s): {', '.join(unknown)}")
+        config = cls(**{k: v for k, v in d.items() if v is not None})
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.repetition_penalty <= 0:
+            raise ValueError("top_k must be >= 0 and repetition_penalty > 0")
+
+
+def process_logits(
+    logits: torch.Tensor, generated: torch.Tensor, step: int, cfg: GenerationConfig
+) -> torch.Tensor:
+    """(B, vocab) float logits -> scores to take the argmax of, or to sample from after softmax."""
+    scores = logits.float()
+    if cfg.repetition_penalty != 1.0 and generated.shape[1] > 0:
+        seen = scores.gather(1, generated)
+        seen = torch.where(seen < 0, seen * cfg.repetition_penalty, seen / cfg.repetition_penalty)
+        scores = scores.scatter(1, generated, seen)
+    if step < cfg.min_new_tokens and cfg.eos_token_id:
+        scores[:, cfg.eos_token_id] = float("-inf")
+    if not cfg.do_sample:
+        return scores
+    scores = scores / cfg.temperature
+    if cfg.top_k > 0:
+        kth = torch.topk(scores, min(cfg.top_k, scores.shape[-1])).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=False)
+        cumulative = sorted_scores.softmax(-1).cumsum(-1)
+        drop = cumulative <= 1 - cfg.top_p
+        drop[:, -1] = False  # always keep the most likely token
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return scores
+
+
+def next_token(scores: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
+    if not cfg.do_sample:
+        return scores.argmax(-1)
+    probs = scores.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
 def prefill(
@@ -43,7 +131,57 @@ def decode_one_token(
     return model(token, attention_mask=attention_mask, position_ids=position, cache=cache).logits[:, -1]
 
 
+StopCheck = Callable[[int, list[int]], bool]  # (row, that row's new tokens) -> stop this row?
+
+
 @torch.inference_mode()
+def generate_steps(
+    model: InternVL,
+    input_ids: torch.Tensor,
+    config: GenerationConfig,
+    pixel_values: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    image_flags: torch.Tensor | None = None,
+    stop: StopCheck | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (tokens (B,), finished (B,) bool) per step. A finished row repeats its last token afterwards.
+
+    Prompts are left-padded (attention_mask 0 on the left). Positions continue from each row's last prompt
+    position plus one per token, which also holds for fractional (V2PE) prompt positions.
+    """
+    b, length = input_ids.shape
+    device = input_ids.device
+    if position_ids is None:
+        position_ids = default_positions(input_ids, attention_mask, 0)
+    eos = torch.tensor(config.eos_token_id, dtype=torch.long, device=device)
+    generator = None
+    if config.do_sample and config.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+    cache = model.new_cache(b, length + config.max_new_tokens)
+    logits = prefill(model, cache, input_ids, pixel_values, attention_mask, position_ids, image_flags)
+    position = position_ids[:, -1:]
+    generated = torch.empty(b, 0, dtype=torch.long, device=device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    for step in range(config.max_new_tokens):
+        token = next_token(process_logits(logits, generated, step, config), config, generator)
+        if step > 0:
+            token = torch.where(done, generated[:, -1], token)
+        generated = torch.cat([generated, token[:, None]], dim=1)
+        newly = ~done & torch.isin(token, eos) if eos.numel() else torch.zeros_like(done)
+        if stop is not None:
+            rows = generated.tolist()
+            newly |= torch.tensor([not d and stop(i, rows[i]) for i, d in enumerate(done.tolist())], device=device)
+        done = done | newly
+        yield token, done
+        if bool(done.all()) or step == config.max_new_tokens - 1:
+            return
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)
+        position = position + 1
+        logits = decode_one_token(model, cache, token[:, None], attention_mask, position)
+
+
 def generate(
     model: InternVL,
     input_ids: torch.Tensor,
@@ -51,34 +189,15 @@ def generate(
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
     image_flags: torch.Tensor | None = None,
-    max_new_tokens: int = 20,
-    eos_token_id: int | list[int] | None = None,
+    config: GenerationConfig | None = None,
+    stop: StopCheck | None = None,
+    **settings: Any,
 ) -> torch.Tensor:
-    """Greedy decoding; returns the new tokens (B, <= max_new_tokens), eos-finished rows padded with eos.
-
-    Prompts are left-padded (attention_mask 0 on the left). Positions continue from the last prompt position
-    plus one per token, which also holds for fractional (V2PE) prompt positions.
-    """
-    b, length = input_ids.shape
-    if position_ids is None:
-        position_ids = default_positions(input_ids, attention_mask, 0)
-    eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
-    eos = eos.to(input_ids.device)
-    cache = model.new_cache(b, length + max_new_tokens)
-    logits = prefill(model, cache, input_ids, pixel_values, attention_mask, position_ids, image_flags)
-    position = position_ids[:, -1:]
-    done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-    tokens: list[torch.Tensor] = []
-    for step in range(max_new_tokens):
-        token = logits.argmax(-1)
-        if tokens and eos.numel():
-            token = torch.where(done, eos[0], token)
-        tokens.append(token)
-        done |= torch.isin(token, eos)
-        if bool(done.all()) or step == max_new_tokens - 1:
-            break
-        if attention_mask is not None:
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)
-        position = position + 1
-        logits = decode_one_token(model, cache, token[:, None], attention_mask, position)
-    return torch.stack(tokens, dim=1)
+    """New tokens (B, steps). Settings are GenerationConfig fields (`max_new_tokens=20`, `do_sample=True`, …).
+    A row that finished early is padded with its last token (its eos)."""
+    if config is None:
+        config = GenerationConfig.from_dict(settings)
+    elif settings:
+        raise ValueError("pass either config or settings, not both")
+    steps = generate_steps(model, input_ids, config, pixel_values, attention_mask, position_ids, image_flags, stop)
+    return torch.stack([token for token, _ in steps], dim=1)

@@ -198,6 +198,24 @@ class InternVL(nn.Module):
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return Output(logits=logits, loss=loss)
 
+    # --- the original chat API (implemented in infer/chat.py; kept here so users of the original feel at home) ---
+
+    def chat(self, tokenizer, pixel_values, question, generation_config=None, history=None,  # noqa: ANN001
+             return_history=False, num_patches_list=None, v2pe_delta=None):  # noqa: ANN001, ANN201
+        """`model.chat(tokenizer, pixel_values, question, generation_config, history, return_history,
+        num_patches_list)` with the original's semantics; see `nativevl.infer.chat.chat`."""
+        from nativevl.infer.chat import chat
+
+        return chat(self, tokenizer, pixel_values, question, generation_config, history, return_history,
+                    num_patches_list, v2pe_delta)
+
+    def batch_chat(self, tokenizer, pixel_values, questions, generation_config=None,  # noqa: ANN001
+                   num_patches_list=None, v2pe_delta=None):  # noqa: ANN001, ANN201
+        """Several questions at once, as the original `batch_chat`; see `nativevl.infer.chat.batch_chat`."""
+        from nativevl.infer.chat import batch_chat
+
+        return batch_chat(self, tokenizer, pixel_values, questions, generation_config, num_patches_list, v2pe_delta)
+
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.language_model.lm_head.weight
         return KVCache(self.config.text, batch, max_len, p.dtype, p.device)

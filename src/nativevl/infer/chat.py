@@ -1,0 +1,252 @@
+"""Chat: the original `chat` / `batch_chat` semantics (spec §3.3), text streaming, and `Pipeline`, which takes
+paths or PIL images and does the tiling itself.
+
+    pipe = Pipeline("InternVL3-1B", dtype=torch.bfloat16)
+    pipe("What is in the image?", images=["cat.jpg"])
+    for piece in pipe.stream("And the colours?", images=["cat.jpg"], history=history): print(piece, end="")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nativevl.conversation import (
+    IMAGE_PLACEHOLDER,
+    chat_prompt,
+    expand_images,
+    get_template,
+    image_prefix,
+    video_prefix,
+)
+from nativevl.data.image import ImageSource, load_image
+from nativevl.data.v2pe import v2pe_positions
+from nativevl.data.video import load_video
+from nativevl.infer.generate import GenerationConfig, generate, generate_steps
+from nativevl.model.internvl import InternVL
+from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
+
+History = list[tuple[str, str]]
+
+
+def _generation_config(
+    model: InternVL, tokenizer: InternVLTokenizer, generation_config: dict | GenerationConfig | None
+) -> GenerationConfig:
+    """The caller's settings, with eos forced to the template's stop token (`<|im_end|>`), as `chat` does."""
+    cfg = generation_config if isinstance(generation_config, GenerationConfig) else GenerationConfig.from_dict(
+        generation_config)
+    stop = get_template(model.config.template).stop_token
+    return GenerationConfig(**{**cfg.__dict__, "eos_token_id": [tokenizer.token_to_id(stop)]})
+
+
+def _positions(model: InternVL, ids: torch.Tensor, mask: torch.Tensor | None, v2pe_delta: float | None):
+    if v2pe_delta is None:
+        return None  # integer positions, what the released checkpoints were run with
+    return v2pe_positions(ids, model.config.img_context_token_id, v2pe_delta, mask)
+
+
+def _check_tokenizer(model: InternVL, tokenizer: InternVLTokenizer) -> None:
+    if tokenizer.img_context_id != model.config.img_context_token_id:
+        raise ValueError(f"the tokenizer's <IMG_CONTEXT> is id {tokenizer.img_context_id} but the model expects "
+                         f"{model.config.img_context_token_id}; are model and tokenizer from the same checkpoint?")
+
+
+def build_query(
+    model: InternVL,
+    question: str,
+    pixel_values: torch.Tensor | None,
+    history: History | None,
+    num_patches_list: list[int] | None,
+) -> tuple[str, str]:
+    """(question as stored in history, the fully expanded prompt), following the original `chat()`."""
+    if pixel_values is not None and not history and IMAGE_PLACEHOLDER not in question:
+        question = IMAGE_PLACEHOLDER + "\n" + question
+    if num_patches_list is None:
+        num_patches_list = [pixel_values.shape[0]] if pixel_values is not None else []
+    tiles = pixel_values.shape[0] if pixel_values is not None else 0
+    if tiles != sum(num_patches_list):
+        raise ValueError(f"num_patches_list {num_patches_list} adds up to {sum(num_patches_list)} tiles, "
+                         f"but pixel_values has {tiles}")
+    prompt = chat_prompt(question, history, model.config.system_message, model.config.template)
+    return question, expand_images(prompt, num_patches_list, model.num_image_token)
+
+
+def _answer(tokenizer: InternVLTokenizer, ids: list[int], stop_strings: Sequence[str]) -> str:
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    text = text.split(tokenizer.decode([tokenizer.im_end_id], skip_special_tokens=False))[0]
+    for stop in stop_strings:
+        text = text.split(stop)[0]
+    return text.strip()
+
+
+def _stop_check(tokenizer: InternVLTokenizer, stop_strings: Sequence[str]):
+    if not stop_strings:
+        return None
+    return lambda row, ids: any(s in tokenizer.decode(ids, skip_special_tokens=True) for s in stop_strings)
+
+
+def chat(
+    model: InternVL,
+    tokenizer: InternVLTokenizer,
+    pixel_values: torch.Tensor | None,
+    question: str,
+    generation_config: dict | GenerationConfig | None = None,
+    history: History | None = None,
+    return_history: bool = False,
+    num_patches_list: list[int] | None = None,
+    v2pe_delta: float | None = None,
+) -> str | tuple[str, History]:
+    """One answer, as the original `InternVLChatModel.chat`: `<image>\\n` is prepended to a first question with
+    pixels and no placeholder; each `<image>` takes the next entry of `num_patches_list`."""
+    _check_tokenizer(model, tokenizer)
+    cfg = _generation_config(model, tokenizer, generation_config)
+    question, query = build_query(model, question, pixel_values, history, num_patches_list)
+    ids = torch.tensor([tokenizer.encode(query)], device=_device(model))
+    pixel_values = pixel_values.to(_device(model)) if pixel_values is not None else None
+    new = generate(model, ids, pixel_values=pixel_values, position_ids=_positions(model, ids, None, v2pe_delta),
+                   config=cfg, stop=_stop_check(tokenizer, cfg.stop_strings))
+    response = _answer(tokenizer, new[0].tolist(), cfg.stop_strings)
+    history = [*(history or []), (question, response)]
+    return (response, history) if return_history else response
+
+
+def stream_chat(
+    model: InternVL,
+    tokenizer: InternVLTokenizer,
+    pixel_values: torch.Tensor | None,
+    question: str,
+    generation_config: dict | GenerationConfig | None = None,
+    history: History | None = None,
+    num_patches_list: list[int] | None = None,
+    v2pe_delta: float | None = None,
+) -> Iterator[str]:
+    """The same answer as `chat`, as text pieces while it is generated (joined and stripped, they equal it)."""
+    _check_tokenizer(model, tokenizer)
+    cfg = _generation_config(model, tokenizer, generation_config)
+    _, query = build_query(model, question, pixel_values, history, num_patches_list)
+    ids = torch.tensor([tokenizer.encode(query)], device=_device(model))
+    pixel_values = pixel_values.to(_device(model)) if pixel_values is not None else None
+    steps = generate_steps(model, ids, cfg, pixel_values, position_ids=_positions(model, ids, None, v2pe_delta))
+    tokens: list[int] = []
+    sent = ""
+    for token, done in steps:
+        if not (bool(done[0]) and int(token[0]) in cfg.eos_token_id):
+            tokens.append(int(token[0]))
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        cut = min((text.find(s) for s in cfg.stop_strings if s in text), default=-1)
+        if cut >= 0:
+            text = text[:cut]
+        ready = text if (cut >= 0 or bool(done[0])) else _safe_prefix(text, cfg.stop_strings)
+        if len(ready) > len(sent):
+            yield ready[len(sent):]
+            sent = ready
+        if cut >= 0:
+            return
+
+
+def _safe_prefix(text: str, stops: Sequence[str]) -> str:
+    """Text that can be shown now: not an incomplete UTF-8 character, nor the start of a stop string."""
+    text = text.rstrip("\ufffd")
+    hold = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                hold = max(hold, k)
+                break
+    return text[: len(text) - hold]
+
+
+def batch_chat(
+    model: InternVL,
+    tokenizer: InternVLTokenizer,
+    pixel_values: torch.Tensor | None,
+    questions: list[str],
+    generation_config: dict | GenerationConfig | None = None,
+    num_patches_list: list[int] | None = None,
+    v2pe_delta: float | None = None,
+) -> list[str]:
+    """Several independent questions at once (left-padded), as the original `batch_chat`: question k gets
+    `num_patches_list[k]` tiles under its one `<image>`."""
+    _check_tokenizer(model, tokenizer)
+    cfg = _generation_config(model, tokenizer, generation_config)
+    if num_patches_list is None:
+        num_patches_list = [0] * len(questions) if pixel_values is None else [pixel_values.shape[0]]
+    if len(num_patches_list) != len(questions):
+        raise ValueError(f"{len(questions)} questions but num_patches_list has {len(num_patches_list)} entries")
+    queries = []
+    for question, patches in zip(questions, num_patches_list):
+        if pixel_values is not None and patches and IMAGE_PLACEHOLDER not in question:
+            question = IMAGE_PLACEHOLDER + "\n" + question
+        prompt = chat_prompt(question, None, model.config.system_message, model.config.template)
+        queries.append(expand_images(prompt, [patches] if patches else [], model.num_image_token))
+    encoded = [tokenizer.encode(q) for q in queries]
+    width = max(len(e) for e in encoded)
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, e in enumerate(encoded):
+        ids[row, width - len(e):], mask[row, width - len(e):] = torch.tensor(e), 1
+    device = _device(model)
+    ids, mask = ids.to(device), mask.to(device)
+    pixel_values = pixel_values.to(device) if pixel_values is not None else None
+    new = generate(model, ids, pixel_values=pixel_values, attention_mask=mask,
+                   position_ids=_positions(model, ids, mask, v2pe_delta), config=cfg,
+                   stop=_stop_check(tokenizer, cfg.stop_strings))
+    return [_answer(tokenizer, row, cfg.stop_strings) for row in new.tolist()]
+
+
+def _device(model: InternVL) -> torch.device:
+    return model.language_model.lm_head.weight.device
+
+
+class Pipeline:
+    """A checkpoint folder ready to answer: `pipe(prompt, images=[...])`, `pipe.stream(...)`."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        max_num: int | None = None,
+        v2pe_delta: float | None = None,
+    ) -> None:
+        self.model = InternVL.from_pretrained(path, dtype=dtype, device=device).eval()
+        self.tokenizer = load_tokenizer(path)
+        _check_tokenizer(self.model, self.tokenizer)
+        self.max_num = max_num or self.model.config.max_dynamic_patch
+        self.v2pe_delta = v2pe_delta
+
+    def prepare(
+        self, prompt: str, images: Sequence[ImageSource] = (), video: str | Path | None = None,
+        num_segments: int = 8, history: History | None = None,
+    ) -> tuple[str, torch.Tensor | None, list[int] | None]:
+        """(question, pixel_values, num_patches_list): tiles every image; frames of the video, one tile each."""
+        if images and video is not None:
+            raise ValueError("give images or a video, not both")
+        dtype = next(self.model.parameters()).dtype
+        if video is not None:
+            pixels, patches = load_video(video, num_segments=num_segments)
+            if IMAGE_PLACEHOLDER not in prompt:
+                prompt = video_prefix(len(patches)) + prompt
+            return prompt, pixels.to(dtype), patches
+        if not images:
+            return prompt, None, None
+        tiles = [load_image(image, max_num=self.max_num) for image in images]
+        if IMAGE_PLACEHOLDER not in prompt and not history:
+            prompt = image_prefix(len(tiles)) + prompt
+        return prompt, torch.cat(tiles).to(dtype), [t.shape[0] for t in tiles]
+
+    def __call__(self, prompt: str, images: Sequence[ImageSource] = (), video: str | Path | None = None,
+                 history: History | None = None, return_history: bool = False, num_segments: int = 8,
+                 **generation: Any) -> str | tuple[str, History]:
+        question, pixels, patches = self.prepare(prompt, images, video, num_segments, history)
+        return chat(self.model, self.tokenizer, pixels, question, generation, history, return_history, patches,
+                    self.v2pe_delta)
+
+    def stream(self, prompt: str, images: Sequence[ImageSource] = (), video: str | Path | None = None,
+               history: History | None = None, num_segments: int = 8, **generation: Any) -> Iterator[str]:
+        question, pixels, patches = self.prepare(prompt, images, video, num_segments, history)
+        return stream_chat(self.model, self.tokenizer, pixels, question, generation, history, patches,
+                           self.v2pe_delta)

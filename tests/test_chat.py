@@ -1,0 +1,125 @@
+"""chat / batch_chat / streaming / Pipeline on a tiny checkpoint folder with its own tokenizer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from reference import make_tokenizer
+
+from nativevl import InternVL, preset
+from nativevl.conversation import INTERNVL2_5_SYSTEM
+from nativevl.data.image import load_image
+from nativevl.infer.chat import Pipeline, batch_chat, build_query, chat, stream_chat
+from nativevl.infer.generate import generate
+from nativevl.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    InternVL.from_config(preset("tiny")).save_pretrained(path)
+    make_tokenizer(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipe(folder):
+    return Pipeline(folder)
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 500, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_chat_generates_from_the_original_prompt(pipe, image_file):
+    model, tok = pipe.model, pipe.tokenizer
+    tiles = load_image(image_file)
+    response, history = chat(model, tok, tiles, "What is it?", {"max_new_tokens": 8}, return_history=True)
+    # the same tokens come from generating on the prompt the spec renders, stopping on <|im_end|>
+    prompt = (f"<|im_start|>system\n{INTERNVL2_5_SYSTEM}<|im_end|>\n<|im_start|>user\n<img>"
+              + "<IMG_CONTEXT>" * (256 * tiles.shape[0]) + "</img>\nWhat is it?<|im_end|>\n<|im_start|>assistant\n")
+    ids = torch.tensor([tok.encode(prompt)])
+    new = generate(model, ids, pixel_values=tiles, max_new_tokens=8, eos_token_id=tok.im_end_id)[0].tolist()
+    assert response == tok.decode(new).strip()
+    assert history == [("<image>\nWhat is it?", response)]
+    # a second turn re-sends the image; its tokens go into the first turn
+    _, query = build_query(model, "And now?", tiles, history, None)
+    assert query.count("<img>") == 1 and query.index("<img>") < query.index("And now?")
+    assert model.chat(tok, tiles, "And now?", {"max_new_tokens": 4}, history=history)  # the model method
+
+
+def test_streaming_pieces_join_to_the_answer(pipe, image_file):
+    settings = {"max_new_tokens": 12}
+    answer = pipe("Describe it.", images=[image_file], **settings)
+    pieces = list(pipe.stream("Describe it.", images=[image_file], **settings))
+    assert len(pieces) > 1 and "".join(pieces).strip() == answer
+
+
+def test_stop_strings_end_the_answer(pipe, image_file):
+    full = pipe("Describe it.", images=[image_file], max_new_tokens=16)
+    words = full.split()
+    assert len(words) > 2, full
+    stop = words[2]
+    cut = pipe("Describe it.", images=[image_file], max_new_tokens=16, stop_strings=[stop])
+    assert stop not in cut and full.startswith(cut)
+    streamed = "".join(pipe.stream("Describe it.", images=[image_file], max_new_tokens=16, stop_strings=[stop]))
+    assert streamed.strip() == cut
+
+
+def test_batch_chat_equals_one_by_one(pipe, image_file):
+    model, tok = pipe.model, pipe.tokenizer
+    a, b = load_image(image_file), load_image(image_file, max_num=2)
+    questions = ["What is it?", "Count the colours, please, one by one."]
+    batched = batch_chat(model, tok, torch.cat([a, b]), questions, {"max_new_tokens": 6},
+                         num_patches_list=[a.shape[0], b.shape[0]])
+    single = [chat(model, tok, a, questions[0], {"max_new_tokens": 6}),
+              chat(model, tok, b, questions[1], {"max_new_tokens": 6})]
+    assert batched == single
+
+
+def test_several_images_and_video(pipe, image_file, tmp_path):
+    import av
+
+    question, pixels, patches = pipe.prepare("Compare.", images=[image_file, image_file])
+    assert question == "Image-1: <image>\nImage-2: <image>\nCompare." and len(patches) == 2
+    assert pixels.shape[0] == sum(patches)
+    assert isinstance(pipe("Compare.", images=[image_file, Image.open(image_file)], max_new_tokens=3), str)
+    video = tmp_path / "v.mp4"
+    with av.open(str(video), "w") as out:
+        stream = out.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(12):
+            frame = np.full((32, 32, 3), 20 * i, dtype=np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+    question, pixels, patches = pipe.prepare("What happens?", video=video, num_segments=4)
+    assert question.startswith("Frame1: <image>\nFrame2: <image>\nFrame3: <image>\nFrame4: <image>\nWhat")
+    assert patches == [1, 1, 1, 1] and pixels.shape == (4, 3, 448, 448)
+    assert isinstance(pipe("What happens?", video=video, num_segments=4, max_new_tokens=3), str)
+
+
+def test_placeholder_count_mismatch_is_a_clear_error(pipe, image_file):
+    with pytest.raises(ValueError, match="2 <image> placeholder\\(s\\) but 1 image"):
+        pipe("<image> and <image>?", images=[image_file])
+
+
+def test_v2pe_delta_changes_positions_not_the_prompt(folder, image_file):
+    plain, v2pe = Pipeline(folder), Pipeline(folder, v2pe_delta=1 / 16)
+    same = Pipeline(folder, v2pe_delta=1.0)
+    settings = dict(images=[image_file], max_new_tokens=6)
+    assert same("Describe.", **settings) == plain("Describe.", **settings)  # delta 1 = integer positions
+    assert isinstance(v2pe("Describe.", **settings), str)
+
+
+def test_mismatched_tokenizer_is_refused(folder, tmp_path):
+    InternVL.from_config(preset("tiny").replace(img_context_token_id=7)).save_pretrained(tmp_path)
+    make_tokenizer(tmp_path)
+    with pytest.raises(ValueError, match="<IMG_CONTEXT> is id 5 but the model expects 7"):
+        Pipeline(tmp_path)
+    assert load_tokenizer(folder).img_context_id == 5

@@ -1,0 +1,86 @@
+"""Generation settings against transformers' logits processors and its generate, on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import VISION_300M, hf_config, hf_model, pixels, prompt
+from transformers import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from nativevl import InternVL
+from nativevl.infer.generate import GenerationConfig, generate, process_logits
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    hf = hf_model(hf_config(VISION_300M, False))
+    folder = tmp_path_factory.mktemp("gen")
+    hf.save_pretrained(folder)
+    return hf, InternVL.from_pretrained(folder).eval()
+
+
+def test_processors_equal_transformers():
+    torch.manual_seed(0)
+    scores = torch.randn(3, 50) * 3
+    generated = torch.randint(0, 50, (3, 7))
+    cfg = GenerationConfig(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.3)
+    ref = RepetitionPenaltyLogitsProcessor(1.3)(generated, scores.clone())
+    for warper in (TemperatureLogitsWarper(0.7), TopKLogitsWarper(20), TopPLogitsWarper(0.8)):
+        ref = warper(generated, ref)
+    ours = process_logits(scores, generated, step=5, cfg=cfg)
+    assert torch.equal(torch.isinf(ours), torch.isinf(ref))
+    torch.testing.assert_close(ours[~torch.isinf(ours)], ref[~torch.isinf(ref)])
+
+
+def test_repetition_penalty_hand_computed():
+    scores = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
+    out = process_logits(scores, torch.tensor([[0, 1, 1]]), 0, GenerationConfig(repetition_penalty=2.0))
+    assert out.tolist() == [[1.0, -4.0, 1.0, 0.5]]  # positive divided, negative multiplied, once per token
+    eos = process_logits(scores, torch.empty(1, 0, dtype=torch.long), 0,
+                         GenerationConfig(min_new_tokens=1, eos_token_id=[0]))
+    assert eos[0, 0] == float("-inf")
+
+
+def test_sampling_equals_transformers_with_the_same_seed(pair):
+    hf, ours = pair
+    ids, pv = prompt([1]), pixels(1)
+    settings = dict(do_sample=True, temperature=0.8, top_k=40, top_p=0.9, max_new_tokens=15)
+    torch.manual_seed(123)
+    with torch.no_grad():
+        ref = hf.generate(input_ids=ids, pixel_values=pv, **settings)[:, ids.shape[1]:]
+    torch.manual_seed(123)
+    assert generate(ours, ids, pixel_values=pv, **settings).tolist() == ref.tolist()
+    first = generate(ours, ids, pixel_values=pv, seed=7, **settings)
+    assert torch.equal(first, generate(ours, ids, pixel_values=pv, seed=7, **settings))
+
+
+def test_bfloat16_greedy_equals_transformers(pair, tmp_path):
+    hf, ours = pair
+    ours.save_pretrained(tmp_path)
+    low = InternVL.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    hf_low = hf.to(torch.bfloat16)
+    try:
+        ids, pv = prompt([2]), pixels(2).to(torch.bfloat16)
+        with torch.no_grad():
+            ref = hf_low.generate(input_ids=ids, pixel_values=pv, max_new_tokens=10, do_sample=False)
+        assert generate(low, ids, pixel_values=pv, max_new_tokens=10).tolist() == ref[:, ids.shape[1]:].tolist()
+    finally:
+        hf.to(torch.float32)
+
+
+def test_eos_stops_rows_independently(pair):
+    _, ours = pair
+    ids, pv = prompt([1]), pixels(1)
+    free = generate(ours, ids, pixel_values=pv, max_new_tokens=12)[0].tolist()
+    eos = free[3]
+    stopped = generate(ours, ids, pixel_values=pv, max_new_tokens=12, eos_token_id=eos)[0].tolist()
+    assert stopped == free[: free.index(eos) + 1]
+    with pytest.raises(ValueError, match="unknown generation setting"):
+        generate(ours, ids, pixel_values=pv, max_length=5)
+    with pytest.raises(ValueError, match="beam search"):
+        GenerationConfig.from_dict({"num_beams": 4})
