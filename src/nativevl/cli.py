@@ -1,5 +1,6 @@
 """The `nativevl` command. It only parses arguments; each command is a Python function you can call.
 
+  nativevl chat MODEL [--image P]... [--video P] [--max-num N] [--dtype bfloat16] [PROMPT]
   nativevl convert SRC DST --layout transformers [--dtype bfloat16] [--max-shard-size 5GB]
   nativevl demo [--out DIR]
 """
@@ -28,6 +29,53 @@ def cmd_convert(args: argparse.Namespace) -> None:
           f"{time.perf_counter() - t0:.1f} s")
 
 
+def cmd_chat(args: argparse.Namespace) -> None:
+    from nativevl.infer.chat import Pipeline, stream_chat
+
+    pipe = Pipeline(args.model, dtype=DTYPES.get(args.dtype), device=args.device, max_num=args.max_num,
+                    v2pe_delta=args.v2pe_delta)
+    if args.system is not None:
+        pipe.model.config.system_message = args.system
+    settings = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                    temperature=args.temperature or 1.0, top_p=args.top_p, top_k=args.top_k,
+                    repetition_penalty=args.repetition_penalty, stop_strings=args.stop, seed=args.seed)
+    history: list[tuple[str, str]] = []
+
+    def answer(prompt: str) -> None:
+        question, pixels, patches = pipe.prepare(prompt, args.image, args.video, args.num_segments, history)
+        pieces = []
+        for piece in stream_chat(pipe.model, pipe.tokenizer, pixels, question, settings, history, patches,
+                                 args.v2pe_delta):
+            pieces.append(piece)
+            print(piece, end="", flush=True)
+        print()
+        if pixels is not None and not history and "<image>" not in question:
+            question = "<image>\n" + question
+        history.append((question, "".join(pieces).strip()))
+
+    if args.prompt is not None:
+        answer(args.prompt)
+        return
+    print("nativevl chat: type a question; /reset forgets the conversation, /quit or Ctrl-D ends it.",
+          file=sys.stderr)
+    while True:
+        try:
+            line = input("user> ").strip()
+        except EOFError:
+            print(file=sys.stderr)
+            return
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset":
+            history.clear()
+            continue
+        if line:
+            try:
+                answer(line)
+            except ValueError as e:  # a bad turn does not end the session
+                print(f"error: {e}", file=sys.stderr)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from nativevl.demo import run_demo
 
@@ -41,6 +89,30 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nativevl", description="InternVL3 in plain PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("chat", help="answer questions about images or a video with a checkpoint folder",
+                       description="One answer when PROMPT is given, otherwise an interactive session with "
+                       "history. Answers stream as they are generated.")
+    p.add_argument("model", help="checkpoint folder (original or transformers layout) with its tokenizer files")
+    p.add_argument("prompt", nargs="?", help="the question; leave out for an interactive session")
+    p.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="an image file; repeat for several images (written as Image-1: <image>, …)")
+    p.add_argument("--video", metavar="PATH", help="a video file; its frames become one tile each")
+    p.add_argument("--num-segments", type=int, default=8, help="frames sampled from the video (default 8)")
+    p.add_argument("--max-num", type=int, help="most tiles per image (default: the checkpoint's, 12)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, … (default cpu)")
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="answer length limit (default 1024)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (default 0: off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="penalty on repeated tokens (default 1)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text; repeatable")
+    p.add_argument("--seed", type=int, help="seed for sampling")
+    p.add_argument("--v2pe-delta", type=float, help="V2PE: position step of visual tokens (default: integer "
+                   "positions, as the released models were run)")
+    p.add_argument("--system", help="system message (default: the checkpoint's, else the template's)")
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("convert", help="rewrite a checkpoint in the original or the transformers layout")
     p.add_argument("src", help="checkpoint folder (either layout, single file or sharded safetensors)")
@@ -57,7 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse binds an optional positional at its first chance, so `chat MODEL --image X PROMPT` leaves the
+    # prompt over; take it here.
+    if extra and args.command == "chat" and args.prompt is None and len(extra) == 1 and not extra[0].startswith("-"):
+        args.prompt, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.func(args)
     except (ValueError, KeyError, FileNotFoundError) as e:

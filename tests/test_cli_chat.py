@@ -1,0 +1,72 @@
+"""`nativevl chat` end to end in a subprocess: one-shot, interactive, and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from reference import make_tokenizer
+
+from nativevl import InternVL, preset
+
+CHAT = [sys.executable, "-m", "nativevl", "chat"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    InternVL.from_config(preset("tiny")).save_pretrained(path)
+    make_tokenizer(path)
+    image = path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(image)
+    return path
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CHAT, *args], input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def test_one_shot_answer_equals_the_python_api(folder):
+    from nativevl import Pipeline
+
+    done = run(str(folder), "--image", str(folder / "photo.png"), "--max-new-tokens", "6", "What is it?")
+    assert done.returncode == 0, done.stderr
+    expected = Pipeline(folder)("What is it?", images=[folder / "photo.png"], max_new_tokens=6)
+    assert done.stdout.strip() == expected
+
+
+def test_interactive_session_keeps_history(folder):
+    done = run(str(folder), "--image", str(folder / "photo.png"), "--max-new-tokens", "4",
+               stdin="What is it?\n<image> and <image>\nAnd the colours?\n/reset\nAgain?\n")
+    assert done.returncode == 0, done.stderr
+    assert len([line for line in done.stdout.splitlines() if line.strip()]) >= 3
+    assert "error: the prompt has" in done.stderr  # a bad turn is reported, the session goes on
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{tmp}/nowhere", "hi"], "no config.json"),
+        (["{ckpt}", "--image", "{ckpt}/config.json", "hi"], "not a readable image"),
+        (["{ckpt}", "--image", "{ckpt}/photo.png", "<image> <image> two?"], "2 <image> placeholder(s) but 1 image"),
+        (["{ckpt}", "--image", "{ckpt}/missing.png", "hi"], "missing.png: no such file"),
+    ],
+)
+def test_errors_are_one_readable_line(folder, tmp_path, args, message):
+    done = run(*[a.format(tmp=tmp_path, ckpt=folder) for a in args])
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_help_documents_every_flag():
+    text = subprocess.run([*CHAT, "--help"], capture_output=True, text=True).stdout
+    for flag in ("--image", "--video", "--num-segments", "--max-num", "--dtype", "--device", "--max-new-tokens",
+                 "--temperature", "--top-p", "--top-k", "--repetition-penalty", "--stop", "--seed", "--v2pe-delta",
+                 "--system"):
+        assert flag in text
