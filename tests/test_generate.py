@@ -84,3 +84,32 @@ def test_eos_stops_rows_independently(pair):
         generate(ours, ids, pixel_values=pv, max_length=5)
     with pytest.raises(ValueError, match="beam search"):
         GenerationConfig.from_dict({"num_beams": 4})
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # CUDA runs wherever a GPU is present
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batched_greedy_on_each_device_equals_transformers_on_cpu(pair, tmp_path, device, dtype):
+    hf, ours = pair
+    ours.save_pretrained(tmp_path)
+    model = InternVL.from_pretrained(tmp_path, dtype=dtype, device=device).eval()
+    a, b = prompt([2], seed=3), prompt([1], seed=4)
+    width = a.shape[1]
+    ids = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    ids[0], mask[0] = a[0], 1
+    ids[1, width - b.shape[1]:], mask[1, width - b.shape[1]:] = b[0], 1
+    pv = pixels(3)
+    reference = hf.to(dtype)
+    try:
+        with torch.no_grad():
+            ref = reference.generate(input_ids=ids, pixel_values=pv.to(dtype), attention_mask=mask,
+                                     max_new_tokens=8, do_sample=False)[:, width:]
+    finally:
+        hf.to(torch.float32)
+    new = generate(model, ids.to(device), pixel_values=pv.to(device, dtype), attention_mask=mask.to(device),
+                   max_new_tokens=8)
+    assert new.device.type == device
+    assert new.cpu().tolist() == ref.tolist()
