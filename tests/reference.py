@@ -132,3 +132,18 @@ def hf_processor(tokenizer_folder):
     images = GotOcr2ImageProcessorPil(size={"height": 448, "width": 448}, image_mean=[0.485, 0.456, 0.406],
                                       image_std=[0.229, 0.224, 0.225], crop_to_patches=True, max_patches=12)
     return ImageOnlyProcessor(image_processor=images, tokenizer=tokenizer, chat_template=HF_CHAT_TEMPLATE)
+
+
+def tiny_checkpoint(folder):
+    """A tiny random InternVL (original layout) with the tiny tokenizer and a 300x200 noise image, photo.png."""
+    import numpy as np
+    from PIL import Image
+
+    from nativevl import InternVL, preset
+
+    torch.manual_seed(0)
+    InternVL.from_config(preset("tiny")).save_pretrained(folder)
+    make_tokenizer(folder)
+    image = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    Image.fromarray(image).save(folder / "photo.png")
+    return folder

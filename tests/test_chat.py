@@ -6,23 +6,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reference import make_tokenizer
+from reference import make_tokenizer, tiny_checkpoint
 
 from nativevl import InternVL, preset
 from nativevl.conversation import INTERNVL2_5_SYSTEM
 from nativevl.data.image import load_image
-from nativevl.infer.chat import Pipeline, batch_chat, build_query, chat, stream_chat
+from nativevl.infer.chat import Pipeline, batch_chat, build_query, chat
 from nativevl.infer.generate import generate
 from nativevl.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    InternVL.from_config(preset("tiny")).save_pretrained(path)
-    make_tokenizer(path)
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +27,8 @@ def pipe(folder):
 
 
 @pytest.fixture(scope="module")
-def image_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "photo.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 500, 3), dtype=np.uint8)).save(path)
-    return path
+def image_file(folder):
+    return folder / "photo.png"
 
 
 def test_chat_generates_from_the_original_prompt(pipe, image_file):

@@ -5,26 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
-from reference import make_tokenizer
-
-from nativevl import InternVL, preset
+from reference import tiny_checkpoint
 
 CHAT = [sys.executable, "-m", "nativevl", "chat"]
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    InternVL.from_config(preset("tiny")).save_pretrained(path)
-    make_tokenizer(path)
-    image = path / "photo.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(image)
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

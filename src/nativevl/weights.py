@@ -117,7 +117,7 @@ def to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         m = _QKV.match(key)
         if m:
             layer, kind = m.groups()
-            for part, piece in zip("qkv", tensor.chunk(3, dim=0)):
+            for part, piece in zip("qkv", tensor.chunk(3, dim=0), strict=True):
                 out[f"vision_tower.encoder.layer.{layer}.attention.{part}_proj.{kind}"] = piece
             continue
         new = _rename(key, _TO_HF)

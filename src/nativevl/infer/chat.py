@@ -88,6 +88,24 @@ def _stop_check(tokenizer: InternVLTokenizer, stop_strings: Sequence[str]):
     return lambda row, ids: any(s in tokenizer.decode(ids, skip_special_tokens=True) for s in stop_strings)
 
 
+def _single_turn(
+    model: InternVL,
+    tokenizer: InternVLTokenizer,
+    pixel_values: torch.Tensor | None,
+    question: str,
+    generation_config: dict | GenerationConfig | None,
+    history: History | None,
+    num_patches_list: list[int] | None,
+) -> tuple[GenerationConfig, str, torch.Tensor, torch.Tensor | None]:
+    """(settings, question as stored in history, prompt ids (1, L), pixel values), on the model's device."""
+    _check_tokenizer(model, tokenizer)
+    cfg = _generation_config(model, tokenizer, generation_config)
+    question, query = build_query(model, question, pixel_values, history, num_patches_list)
+    ids = torch.tensor([tokenizer.encode(query)], device=_device(model))
+    pixel_values = pixel_values.to(_device(model)) if pixel_values is not None else None
+    return cfg, question, ids, pixel_values
+
+
 def chat(
     model: InternVL,
     tokenizer: InternVLTokenizer,
@@ -101,11 +119,8 @@ def chat(
 ) -> str | tuple[str, History]:
     """One answer, as the original `InternVLChatModel.chat`: `<image>\\n` is prepended to a first question with
     pixels and no placeholder; each `<image>` takes the next entry of `num_patches_list`."""
-    _check_tokenizer(model, tokenizer)
-    cfg = _generation_config(model, tokenizer, generation_config)
-    question, query = build_query(model, question, pixel_values, history, num_patches_list)
-    ids = torch.tensor([tokenizer.encode(query)], device=_device(model))
-    pixel_values = pixel_values.to(_device(model)) if pixel_values is not None else None
+    cfg, question, ids, pixel_values = _single_turn(model, tokenizer, pixel_values, question, generation_config,
+                                                    history, num_patches_list)
     new = generate(model, ids, pixel_values=pixel_values, position_ids=_positions(model, ids, None, v2pe_delta),
                    config=cfg, stop=_stop_check(tokenizer, cfg.stop_strings))
     response = _answer(tokenizer, new[0].tolist(), cfg.stop_strings)
@@ -124,11 +139,8 @@ def stream_chat(
     v2pe_delta: float | None = None,
 ) -> Iterator[str]:
     """The same answer as `chat`, as text pieces while it is generated (joined and stripped, they equal it)."""
-    _check_tokenizer(model, tokenizer)
-    cfg = _generation_config(model, tokenizer, generation_config)
-    _, query = build_query(model, question, pixel_values, history, num_patches_list)
-    ids = torch.tensor([tokenizer.encode(query)], device=_device(model))
-    pixel_values = pixel_values.to(_device(model)) if pixel_values is not None else None
+    cfg, _, ids, pixel_values = _single_turn(model, tokenizer, pixel_values, question, generation_config, history,
+                                             num_patches_list)
     steps = generate_steps(model, ids, cfg, pixel_values, position_ids=_positions(model, ids, None, v2pe_delta))
     tokens: list[int] = []
     sent = ""
@@ -177,7 +189,7 @@ def batch_chat(
     if len(num_patches_list) != len(questions):
         raise ValueError(f"{len(questions)} questions but num_patches_list has {len(num_patches_list)} entries")
     queries = []
-    for question, patches in zip(questions, num_patches_list):
+    for question, patches in zip(questions, num_patches_list, strict=True):
         if pixel_values is not None and patches and IMAGE_PLACEHOLDER not in question:
             question = IMAGE_PLACEHOLDER + "\n" + question
         prompt = chat_prompt(question, None, model.config.system_message, model.config.template)
