@@ -185,16 +185,21 @@ class InternVL(nn.Module):
         image_flags: torch.Tensor | None = None,
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> Output:
         """input_ids (B, L); pixel_values (tiles, 3, H, W); attention_mask (B, past + L) of 1 = real token;
-        position_ids (B, L), integer or fractional (V2PE); labels (B, L) with -100 = not learned."""
+        position_ids (B, L), integer or fractional (V2PE); labels (B, L) with -100 = not learned;
+        cu_seqlens (n + 1,): the row holds n packed samples that do not attend to each other."""
         prompt = cache is None or cache.length == 0
         if pixel_values is None and prompt and bool((input_ids == self.config.img_context_token_id).any()):
             raise ValueError("the input has <IMG_CONTEXT> tokens but no pixel_values")
         embeds = self.embed(input_ids, pixel_values, image_flags)
-        if position_ids is None:
+        if position_ids is None and cu_seqlens is not None:
+            starts = torch.repeat_interleave(cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long())
+            position_ids = (torch.arange(input_ids.shape[1], device=input_ids.device) - starts.to(input_ids.device))[None]
+        elif position_ids is None:
             position_ids = default_positions(input_ids, attention_mask, cache.length if cache else 0)
-        logits = self.language_model(embeds, position_ids, attention_mask, cache, logits_to_keep)
+        logits = self.language_model(embeds, position_ids, attention_mask, cache, logits_to_keep, cu_seqlens)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return Output(logits=logits, loss=loss)
 

@@ -8,13 +8,11 @@ what the original InternVL checkpoints store under `language_model.`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nativevl.config import TextConfig
+from nativevl.model.attention import AttentionInputs, attend
 from nativevl.model.layers import RMSNorm, activation
 
 
@@ -95,35 +93,36 @@ class KVCache:
 # --- decoder ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class AttentionInputs:
-    """What every layer needs to attend: rotary tables and either a mask or the causal flag."""
-
-    cos: torch.Tensor
-    sin: torch.Tensor
-    mask: torch.Tensor | None  # bool (B, 1, Lq, Lk), True = may attend
-    is_causal: bool
-
-
 def attention_inputs(
     cfg: TextConfig,
     position_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     past: int,
     dtype: torch.dtype,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> AttentionInputs:
     """Causal attention over `past` cached slots plus the new ones, hiding padded keys.
 
     attention_mask: (B, past + L) with 1 for real tokens, or None when nothing is padded.
+    cu_seqlens: (n + 1,) boundaries of the samples packed into a single row (no cache, no padding mask).
     """
     cos, sin = rope_cos_sin(cfg, position_ids, dtype)
     length = position_ids.shape[1]
+    if cu_seqlens is not None:
+        if position_ids.shape[0] != 1 or past or attention_mask is not None:
+            raise ValueError("packed attention (cu_seqlens) takes one row, no KV cache and no attention_mask")
+        bounds = [int(b) for b in cu_seqlens.tolist()]
+        if bounds[0] != 0 or bounds[-1] != length or any(b >= e for b, e in zip(bounds[:-1], bounds[1:])):
+            raise ValueError(f"cu_seqlens {bounds[:8]}… must rise strictly from 0 to the row length {length}")
+        segments = list(zip(bounds[:-1], bounds[1:]))
+        return AttentionInputs(cos, sin, cu_seqlens=cu_seqlens, segments=segments,
+                               max_seqlen=max(e - s for s, e in segments))
     padded = attention_mask is not None and not bool(attention_mask.all())
     if not padded:
         if past == 0:
-            return AttentionInputs(cos, sin, None, is_causal=True)
+            return AttentionInputs(cos, sin, is_causal=True)
         if length == 1:
-            return AttentionInputs(cos, sin, None, is_causal=False)
+            return AttentionInputs(cos, sin)
     device = position_ids.device
     q_idx = torch.arange(past, past + length, device=device)[:, None]
     k_idx = torch.arange(past + length, device=device)[None, :]
@@ -132,7 +131,7 @@ def attention_inputs(
         keep = attention_mask[:, None, None, : past + length].bool()
         # A padded query row would otherwise see no key at all (NaN); let it see itself. Its output is unused.
         mask = (mask & keep) | (k_idx == q_idx)[None, None]
-    return AttentionInputs(cos, sin, mask, is_causal=False)
+    return AttentionInputs(cos, sin, mask=mask)
 
 
 class Attention(nn.Module):
@@ -157,15 +156,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, a.cos, a.sin), apply_rope(k, a.cos, a.sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=a.mask,
-            is_causal=a.is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.num_kv_heads != self.num_heads,
-        )
+        out = attend(q, k, v, a, self.dropout if self.training else 0.0)
         return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))
 
 
@@ -224,10 +215,11 @@ class CausalLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, L, D) embeddings -> (B, L or logits_to_keep, vocab) logits; appends to `cache` if given."""
         past = cache.length if cache is not None else 0
-        a = attention_inputs(self.config, position_ids, attention_mask, past, inputs_embeds.dtype)
+        a = attention_inputs(self.config, position_ids, attention_mask, past, inputs_embeds.dtype, cu_seqlens)
         x = inputs_embeds
         for layer in self.model.layers:
             x = layer(x, a, cache)

@@ -1,0 +1,48 @@
+"""Causal attention for the language model, one function with its backends:
+
+- dense: `scaled_dot_product_attention` with the causal flag, or a boolean mask (padding, KV cache offsets);
+- packed (`cu_seqlens`, one row holding several samples): no token attends across samples. On CUDA in half
+  precision through torch's variable-length flash kernel; elsewhere one causal SDPA call per sample, which
+  is exact (and on CPU faster than one call with a block-diagonal mask).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionInputs:
+    """What every layer needs to attend: rotary tables and either a mask, the causal flag, or segments."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor | None = None  # bool (B, 1, Lq, Lk), True = may attend
+    is_causal: bool = False
+    cu_seqlens: torch.Tensor | None = None  # (n + 1,) int32 sample boundaries of a packed row
+    segments: list[tuple[int, int]] | None = None  # the same boundaries as Python ints
+    max_seqlen: int = 0
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: AttentionInputs, dropout: float = 0.0
+           ) -> torch.Tensor:
+    """q (B, H, Lq, D), k/v (B, Hkv, Lk, D) -> (B, H, Lq, D)."""
+    gqa = k.shape[1] != q.shape[1]
+    if a.segments is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=a.mask, is_causal=a.is_causal,
+                                              dropout_p=dropout, enable_gqa=gqa)
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0:
+        from torch.nn.attention.varlen import varlen_attn
+
+        cu = a.cu_seqlens.to(device=q.device, dtype=torch.int32)
+        out = varlen_attn(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu, cu,
+                          a.max_seqlen, a.max_seqlen, window_size=(-1, 0), enable_gqa=gqa)
+        return out.transpose(0, 1)[None]
+    return torch.cat([
+        F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True, dropout_p=dropout,
+                                       enable_gqa=gqa)
+        for s, e in a.segments
+    ], dim=2)

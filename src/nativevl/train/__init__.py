@@ -1,0 +1,1 @@
+"""Training: losses, the trainer and its stages, distribution, checkpoints."""
