@@ -8,7 +8,7 @@ emitted when nothing more fits or when too many are open (the fullest first).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,7 @@ class PackedBatch:
     image_flags: torch.Tensor  # (T,)
     sources: list[str]
     max_tokens: int
+    skipped: dict[str, int] = field(default_factory=dict)  # records skipped so far by this stream, by reason
 
     @property
     def num_samples(self) -> int:
@@ -80,15 +81,15 @@ class Packer:
                 break
         else:
             self.buffers.append([sample])
-        for buffer in list(self.buffers):  # full ones go now
-            if self._tokens(buffer) == self.max_tokens or self._tiles(buffer) == self.max_tiles:
-                self.buffers.remove(buffer)
-                ready.append(collate(buffer, self.max_tokens))
+        full = [b for b in self.buffers if self._tokens(b) == self.max_tokens or self._tiles(b) == self.max_tiles]
+        ready += [self._emit(b) for b in full]  # full ones go now
         while len(self.buffers) > self.max_buffers:
-            fullest = max(self.buffers, key=self._tokens)
-            self.buffers.remove(fullest)
-            ready.append(collate(fullest, self.max_tokens))
+            ready.append(self._emit(max(self.buffers, key=self._tokens)))
         return ready
+
+    def _emit(self, buffer: list[Sample]) -> PackedBatch:
+        self.buffers = [b for b in self.buffers if b is not buffer]  # by identity: samples hold tensors
+        return collate(buffer, self.max_tokens)
 
     def flush(self) -> list[PackedBatch]:
         ready = [collate(b, self.max_tokens) for b in self.buffers]

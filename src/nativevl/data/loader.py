@@ -1,0 +1,181 @@
+"""The training stream: datasets mixed at set weights, records built into samples, packed, sharded by rank and
+DataLoader worker, deterministic for a seed, and resumable exactly (`StatefulDataLoader` saves each worker's
+position).
+
+Draw g (0, 1, 2, …) picks a dataset (text-only with probability `text_ratio` when set, else in proportion to
+dataset sizes) and that dataset's next record in a per-pass shuffled order; draw g belongs to rank g % world and,
+within the rank, to worker (g // world) % workers. Every worker walks all draws (cheap: random numbers only)
+and builds its own, so the order depends only on (seed, rank, world, workers). A record that cannot be used is
+skipped and counted, and its file and line are logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import IterableDataset, get_worker_info
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from nativevl.data.dataset import (
+    DataConfig,
+    DatasetSpec,
+    Sample,
+    SkipRecord,
+    build_sample,
+    is_text_only,
+    read_lines,
+    read_meta,
+)
+from nativevl.data.packing import PackedBatch, Packer
+from nativevl.tokenizer import InternVLTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamConfig:
+    seed: int = 0
+    text_ratio: float | None = None  # share of text-only samples (native pre-training: about 0.25, i.e. 1:3)
+    max_tokens: int = 8192  # packing budget per row
+    max_tiles: int = 48
+    max_buffers: int = 4
+    log_skips: int = 20  # how many skipped records to log by file and line (all are counted)
+
+
+class TrainStream(IterableDataset):
+    """Packed batches for one rank, forever (passes over the datasets reshuffle)."""
+
+    def __init__(self, meta: str | Path | list[DatasetSpec], tokenizer: InternVLTokenizer, data: DataConfig,
+                 cfg: StreamConfig, rank: int = 0, world_size: int = 1) -> None:
+        self.specs = read_meta(meta) if isinstance(meta, (str, Path)) else list(meta)
+        self.tokenizer, self.data, self.cfg = tokenizer, data, cfg
+        self.rank, self.world_size = rank, world_size
+        self.lines = [read_lines(s) for s in self.specs]
+        empty = [s.name for s, lines in zip(self.specs, self.lines, strict=True) if not lines]
+        if empty:
+            raise ValueError(f"datasets with no records: {', '.join(empty)}")
+        self.text_only = [is_text_only(s) for s in self.specs]
+        self.weights = [len(lines) for lines in self.lines]
+        self._reset()
+
+    def _reset(self) -> None:
+        self.draw = 0
+        self.cursors = [0] * len(self.specs)
+        self.pending: list[list[int]] = []  # draws in the packer's open buffers, to rebuild them on resume
+        self.skipped: Counter[str] = Counter()
+        self.built = 0
+
+    # --- the deterministic order ------------------------------------------------------------------------------
+
+    def _pick_dataset(self, rng: random.Random) -> int:
+        indices = list(range(len(self.specs)))
+        ratio = self.cfg.text_ratio
+        if ratio is not None and any(self.text_only) and not all(self.text_only):
+            text = rng.random() < ratio
+            indices = [i for i in indices if self.text_only[i] == text]
+        return rng.choices(indices, weights=[self.weights[i] for i in indices])[0]
+
+    def _record(self, ds: int) -> int:
+        """The dataset's next line index: a fresh shuffle for every pass over it."""
+        n = len(self.lines[ds])
+        passes, offset = divmod(self.cursors[ds], n)
+        order = list(range(n))
+        random.Random(f"{self.cfg.seed}:{ds}:{passes}").shuffle(order)
+        self.cursors[ds] += 1
+        return order[offset]
+
+    def _next_draw(self) -> tuple[int, int, int]:
+        g = self.draw
+        ds = self._pick_dataset(random.Random(f"{self.cfg.seed}:draw:{g}"))
+        self.draw += 1
+        return g, ds, self._record(ds)
+
+    def _build(self, g: int, ds: int, index: int) -> Sample | None:
+        spec = self.specs[ds]
+        line_no, text = self.lines[ds][index]
+        source = f"{spec.annotation}:{line_no}"
+        rng = random.Random(f"{self.cfg.seed}:sample:{g}")
+        try:
+            record = json.loads(text)
+            if not isinstance(record, dict):
+                raise SkipRecord("the line is not a JSON object")
+            return build_sample(record, spec, self.tokenizer, self.data, rng, source)
+        except (SkipRecord, json.JSONDecodeError, KeyError, TypeError) as e:
+            reason = str(e).split(" (")[0] if isinstance(e, SkipRecord) else f"{type(e).__name__}: {e}"
+            self.skipped[reason] += 1
+            if sum(self.skipped.values()) <= self.cfg.log_skips:
+                log.warning("skipped %s: %s", source, e)
+            return None
+
+    # --- iteration --------------------------------------------------------------------------------------------
+
+    def _mine(self, g: int) -> bool:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        return g % self.world_size == self.rank and (g // self.world_size) % workers == worker
+
+    def __iter__(self):  # noqa: ANN204 - yields PackedBatch
+        packer = Packer(self.cfg.max_tokens, self.cfg.max_tiles, self.cfg.max_buffers)
+        by_draw: dict[int, Sample] = {}
+        for group in self.pending:  # rebuild the buffers open at the saved position
+            packer.buffers.append([])
+            for g in group:
+                sample = self._rebuild(g)
+                by_draw[id(sample)] = g
+                packer.buffers[-1].append(sample)
+        while True:
+            g, ds, index = self._next_draw()
+            if not self._mine(g):
+                continue
+            sample = self._build(g, ds, index)
+            if sample is None:
+                continue
+            if not packer.fits(sample):
+                self.skipped["over the packing budget"] += 1
+                log.warning("skipped %s: %d tokens / %d tiles exceed the packing budget", sample.source,
+                            sample.num_tokens, sample.num_tiles)
+                continue
+            self.built += 1
+            by_draw[id(sample)] = g
+            ready = packer.add(sample)
+            self.pending = [[by_draw[id(s)] for s in buffer] for buffer in packer.buffers]
+            by_draw = {id(s): by_draw[id(s)] for buffer in packer.buffers for s in buffer}
+            for batch in ready:
+                batch.skipped = dict(self.skipped)
+                yield batch
+
+    def _rebuild(self, g: int) -> Sample:
+        """The sample of draw g again (the dataset choice and cursor are replayed from the start)."""
+        saved = (self.draw, list(self.cursors))
+        self.draw, self.cursors = 0, [0] * len(self.specs)
+        while self.draw <= g:
+            draw, ds, index = self._next_draw()
+        self.draw, self.cursors = saved
+        sample = self._build(draw, ds, index)
+        assert sample is not None, f"draw {g} built before but not now"
+        return sample
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"draw": self.draw, "cursors": list(self.cursors), "pending": [list(p) for p in self.pending],
+                "skipped": dict(self.skipped), "built": self.built}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.draw, self.cursors = state["draw"], list(state["cursors"])
+        self.pending = [list(p) for p in state["pending"]]
+        self.skipped, self.built = Counter(state["skipped"]), state["built"]
+
+
+def _identity(batch: PackedBatch) -> PackedBatch:
+    return batch
+
+
+def make_loader(stream: TrainStream, num_workers: int = 0) -> StatefulDataLoader:
+    """A DataLoader whose `state_dict()` / `load_state_dict()` resume the stream exactly, workers included."""
+    return StatefulDataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_identity,
+                              persistent_workers=False)
