@@ -99,3 +99,40 @@ def test_positions_restart_per_sample_by_default():
         default = model(b.input_ids, pixel_values=b.pixel_values, image_flags=b.image_flags,
                         cu_seqlens=b.cu_seqlens).logits
     assert torch.equal(explicit, default)
+
+
+def _rank_loss(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from nativevl.train.losses import reduce_denominator
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.manual_seed(rank)
+    logits = torch.randn(1, 6 + 3 * rank, 11)
+    labels = torch.randint(0, 11, (1, 6 + 3 * rank))
+    labels[0, : 2 + rank] = -100
+    weights = token_weights(labels, None, "square")
+    local = weights[:, 1:].sum()
+    denominator = reduce_denominator(local)
+    loss = weighted_lm_loss(logits, labels, weights, denominator)
+    torch.save({"loss": loss, "logits": logits, "labels": labels, "local": local, "den": denominator},
+               f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_denominator_reduced_across_ranks_gives_the_global_weighted_mean(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank_loss, args=(2, port, str(tmp_path / "r")), nprocs=2, join=True)
+    parts = [torch.load(tmp_path / f"r.{r}", weights_only=True) for r in range(2)]
+    assert parts[0]["den"] == parts[1]["den"] == (parts[0]["local"] + parts[1]["local"]) / 2
+    # data-parallel training averages the ranks' gradients, i.e. optimises the mean of their losses
+    averaged = (parts[0]["loss"] + parts[1]["loss"]) / 2
+    num = sum(weighted_lm_loss(p["logits"], p["labels"], token_weights(p["labels"], None, "square"), 1.0)
+              for p in parts)
+    assert abs(averaged.item() - (num / (parts[0]["local"] + parts[1]["local"])).item()) < 1e-6
