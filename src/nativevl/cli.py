@@ -3,6 +3,7 @@
   nativevl chat MODEL [--image P]... [--video P] [--max-num N] [--dtype bfloat16] [PROMPT]
   nativevl convert SRC DST --layout transformers [--dtype bfloat16] [--max-shard-size 5GB]
   nativevl demo [--out DIR]
+  nativevl world generate OUT [--seed 0] [--scale 1.0]
 """
 
 from __future__ import annotations
@@ -76,6 +77,15 @@ def cmd_chat(args: argparse.Namespace) -> None:
                 print(f"error: {e}", file=sys.stderr)
 
 
+def cmd_world(args: argparse.Namespace) -> None:
+    from nativevl.data.world import generate_world
+
+    summary = generate_world(Path(args.out), seed=args.seed, scale=args.scale)
+    print(f"wrote the embedded world to {args.out} (seed {args.seed}, scale {args.scale}):")
+    for key, value in summary.items():
+        print(f"  {key}: {value}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from nativevl.demo import run_demo
 
@@ -121,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="cast floating tensors (default: keep)")
     p.add_argument("--max-shard-size", default="5GB", help="shard past this size (default 5GB)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("world", help="the embedded synthetic multimodal world")
+    world = p.add_subparsers(dest="action", required=True)
+    g = world.add_parser("generate", help="write images, jsonl annotations, meta files and a tokenizer to OUT")
+    g.add_argument("out", help="output folder")
+    g.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    g.add_argument("--scale", type=float, default=1.0, help="multiply the number of records (default 1.0)")
+    g.set_defaults(func=cmd_world)
 
     p = sub.add_parser("demo", help="the smallest end-to-end run: build, save, convert, load, generate")
     p.add_argument("--out", help="keep the checkpoints in this folder (default: a temporary one)")
