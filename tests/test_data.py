@@ -240,3 +240,21 @@ def test_resume_gives_exactly_the_batches_that_would_have_come(world, tok, worke
     got = _take(iter(resumed), 4)
     assert _ids(got) == _ids(expected)
     assert all(torch.equal(g.pixel_values, e.pixel_values) for g, e in zip(got, expected, strict=True))
+
+
+def test_meta_weights_and_errors(world, tok, tmp_path):
+    meta = json.loads((world / "meta.json").read_text())
+    meta["text"]["weight"] = 3.0
+    meta["multi"]["weight"] = 1.0
+    del meta["image"], meta["video"]
+    (world / "weighted.json").write_text(json.dumps(meta))
+    stream = TrainStream(world / "weighted.json", tok, CFG, StreamConfig())
+    picks = [stream._pick_dataset(random.Random(f"0:draw:{g}")) for g in range(2000)]
+    assert abs(sum(stream.text_only[d] for d in picks) / 2000 - 0.75) < 0.03
+    bad = [({"x": {"annotation": "a.json"}}, "must be a .jsonl"), ({"x": {"annotation": "none.jsonl"}}, "does not exist"),
+           ({"x": {"annotation": "text.jsonl", "repeat_time": 1.5}}, "repeat_time"),
+           ({"x": {"annotation": "text.jsonl", "weight": -1}}, "weight must be a positive")]
+    for content, message in bad:
+        (world / "bad.json").write_text(json.dumps(content))
+        with pytest.raises(ValueError, match=message):
+            read_meta(world / "bad.json")

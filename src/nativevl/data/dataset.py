@@ -46,6 +46,7 @@ class DatasetSpec:
     data_augment: bool = False
     repeat_time: float = 1.0
     max_dynamic_patch: int | None = None
+    weight: float | None = None  # sampling weight; None: the number of records (after repeat_time)
 
 
 @dataclass
@@ -117,8 +118,17 @@ def read_meta(path: str | Path) -> list[DatasetSpec]:
             data_augment=bool(entry.get("data_augment", False)),
             repeat_time=repeat,
             max_dynamic_patch=entry.get("max_dynamic_patch"),
+            weight=_weight(entry.get("weight"), where),
         ))
     return specs
+
+
+def _weight(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{where}: weight must be a positive number, got {value!r}")
+    return float(value)
 
 
 def read_lines(spec: DatasetSpec) -> list[tuple[int, str]]:

@@ -61,7 +61,8 @@ class TrainStream(IterableDataset):
         if empty:
             raise ValueError(f"datasets with no records: {', '.join(empty)}")
         self.text_only = [is_text_only(s) for s in self.specs]
-        self.weights = [len(lines) for lines in self.lines]
+        self.weights = [s.weight if s.weight is not None else len(lines)
+                        for s, lines in zip(self.specs, self.lines, strict=True)]
         self._reset()
 
     def _reset(self) -> None:

@@ -14,8 +14,9 @@ Call `generate_world(out, seed=0, scale=1.0)`. It writes, under `out`:
   `{name: {root, annotation, data_augment, repeat_time, length, max_dynamic_patch}}`. `root` and `annotation` are
   relative to the meta file's folder (`out`), so the world can be moved and two worlds compare byte for byte; an
   image's full path is `<meta folder>/<root>/<record image>`.
-- `tokenizer/`: a ~2000-token Qwen2-style byte-level BPE trained on the world's text, with InternVL's special
-  tokens at ids 0..12 (`<IMG_CONTEXT>` = 5); loads with `nativevl.tokenizer.load_tokenizer`.
+- `tokenizer/`: a Qwen2-style byte-level BPE trained on the world's text (asked for 2000 tokens; the world's
+  small vocabulary runs out of merges at about 1150), with InternVL's special tokens at ids 0..12
+  (`<IMG_CONTEXT>` = 5); loads with `nativevl.tokenizer.load_tokenizer`.
 - `README.md`: what was generated.
 
 Every record with an image keeps a `meta` field with the generator's scene spec and, per question, its task and
@@ -101,7 +102,9 @@ MIN_IMAGES = 4  # per split and kind, so that multi-image groups can always be d
 SHORT_PROMPT = "Answer the question using a single word or phrase."
 COT_PROMPT = "Answer step by step, then give the final answer on the last line as \"Answer: \" and the answer."
 SYSTEM_PROMPT = "You are a helpful assistant who answers questions about simple pictures of shapes, words and charts."
-MAX_PATCH = {"shapes": 4, "ocr": 6, "charts": 6, "multi": 2}
+# Tiles per image: images are at most 512 px, so a few 448-px tiles already keep their detail, and every tile
+# costs 256 image tokens in CPU training. Multi-image records split the budget between their images.
+MAX_PATCH = {"shapes": 4, "ocr": 4, "charts": 4, "multi": 2}
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,11 @@ def number_word(n: int) -> str:
 def join_words(items: list[str]) -> str:
     """'a', 'a and b', 'a, b and c'."""
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def a(noun: str) -> str:
+    """The noun with its indefinite article: 'a red circle', 'an orange star'."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def capital(text: str) -> str:
@@ -268,16 +276,18 @@ def chart_scene(rng: random.Random) -> Scene:
     label_w = max(text_box(label, size)[2] for label in labels)
     slot = min(label_w + 8 + rng.randint(0, 40), (512 - 40) // n)
     left, line_h = 28, size + 6
-    width = left + n * slot + 12
+    title = rng.choice(CHART_TITLES)
+    width = max(left + n * slot + 12, left + text_box(title, size)[2] + 8)
     plot_h = rng.randint(60, 260)
     top = 2 * line_h + 4  # title, then room for the tallest bar's value
     height = max(top + plot_h + line_h + 6, math.ceil(width / 4))
     plot_h = height - top - line_h - 6
-    return {"kind": "chart", "width": width, "height": height, "title": rng.choice(CHART_TITLES), "size": size,
+    return {"kind": "chart", "width": width, "height": height, "title": title, "size": size,
             "left": left, "top": top, "plot_h": plot_h, "slot": slot,
             "bar_w": max(6, round(slot * rng.uniform(0.45, 0.8))), "scale": max(values),
             "paper": rng.choice(("white", "cream")),
-            "bars": [{"label": lab, "value": v, "colour": c} for lab, v, c in zip(labels, values, colours, strict=True)]}
+            "bars": [{"label": label, "value": value, "colour": colour}
+                     for label, value, colour in zip(labels, values, colours, strict=True)]}
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -375,7 +385,7 @@ def count_where(scene: Scene, key: str, value: str) -> list[dict[str, Any]]:
 def caption(scene: Scene, rng: random.Random) -> str:
     shapes = scene["shapes"]
     n = len(shapes)
-    items = [f"a {shape_name(s)} {place_phrase(s['place'])}" for s in shapes]
+    items = [f"{a(shape_name(s))} {place_phrase(s['place'])}" for s in shapes]
     bg = scene["background"] + ("" if scene["texture"]["kind"] == "plain" else f" {scene['texture']['kind']}")
     style = rng.randrange(3)
     if style == 0:
@@ -405,7 +415,7 @@ def qa_colour_of(scene: Scene, rng: random.Random) -> QA | None:
 def qa_shape_at(scene: Scene, rng: random.Random) -> QA | None:
     s = rng.choice(scene["shapes"])
     return QA("shape_at", f"What shape is {place_phrase(s['place'])}?", s["shape"],
-              f"There is a {shape_name(s)} {place_phrase(s['place'])}.", {"place": s["place"]})
+              f"There is {a(shape_name(s))} {place_phrase(s['place'])}.", {"place": s["place"]})
 
 
 def qa_what_at(scene: Scene, rng: random.Random) -> QA | None:
@@ -416,7 +426,7 @@ def qa_what_at(scene: Scene, rng: random.Random) -> QA | None:
                   f"There is nothing {place_phrase(place)}.", {"place": place})
     s = found[0]
     return QA("what_at", f"What is {place_phrase(place)}?", shape_name(s),
-              f"A {shape_name(s)} is {place_phrase(place)}.", {"place": place})
+              f"{capital(a(shape_name(s)))} is {place_phrase(place)}.", {"place": place})
 
 
 def qa_where(scene: Scene, rng: random.Random) -> QA | None:
@@ -477,8 +487,8 @@ def qa_exists(scene: Scene, rng: random.Random) -> QA | None:
         picked = rng.choice(scene["shapes"])
         colour, shape = picked["colour"], picked["shape"]
     yes = any(s["colour"] == colour and s["shape"] == shape for s in scene["shapes"])
-    sentence = f"Yes, there is a {colour} {shape}." if yes else f"No, there is no {colour} {shape}."
-    return QA("exists", f"Is there a {colour} {shape} in the image?", "yes" if yes else "no", sentence,
+    sentence = f"Yes, there is {a(colour)} {shape}." if yes else f"No, there is no {colour} {shape}."
+    return QA("exists", f"Is there {a(colour)} {shape} in the image?", "yes" if yes else "no", sentence,
               {"colour": colour, "shape": shape})
 
 
@@ -504,34 +514,28 @@ def cot_count(scene: Scene, rng: random.Random) -> Cot:
     what = plural(value) if key == "shape" else f"{value} shapes"
     targets = count_where(scene, key, value)
     others = [s for s in scene["shapes"] if s[key] != value]
-    listing = join_words([f"a {shape_name(s)} {place_phrase(s['place'])}" for s in scene["shapes"]])
+    listing = join_words([f"{a(shape_name(s))} {place_phrase(s['place'])}" for s in scene["shapes"]])
 
     def steps(chosen: list[dict[str, Any]], total: int) -> list[str]:
         picked = (f"The {what} among them are: {join_words(['the ' + shape_name(s) for s in chosen])}."
-                  if chosen else f"None of them is one of the {what}.")
+                  if chosen else f"None of them is {'a ' + value if key == 'shape' else value}.")
         return [f"First, I list the shapes in the image: {listing}.", picked,
                 f"Counting them gives {total}."]
 
     n = len(targets)
-    mistakes = ["arithmetic"]
-    if targets:
-        mistakes.append("missed")
-    if others:
-        mistakes.append("extra")
+    mistakes = ["arithmetic"] + ["missed"] * bool(targets) + ["extra"] * bool(others)
     mistake = rng.choice(mistakes)
-    if mistake == "missed":
+    if mistake == "missed":  # overlooks one matching shape
         wrong = targets[:]
         wrong.pop(rng.randrange(len(wrong)))
-        wrong_steps = steps(wrong, len(wrong))
-    elif mistake == "extra":
+        wrong_n = len(wrong)
+    elif mistake == "extra":  # takes a non-matching shape for a matching one
         wrong = sorted([*targets, rng.choice(others)], key=lambda s: (s["row"], s["col"]))
-        wrong_steps = steps(wrong, len(wrong))
-    else:
-        wrong_n = n + 1 if n == 0 or rng.random() < 0.5 else n - 1
-        wrong_steps = steps(targets, wrong_n)
-    wrong_answer = wrong_steps[-1].removeprefix("Counting them gives ").rstrip(".")
-    return Cot("count_" + key, f"How many {what} are there?", str(n), steps(targets, n), wrong_steps,
-               wrong_answer, {key: value, "mistake": mistake})
+        wrong_n = len(wrong)
+    else:  # picks the right shapes but miscounts them
+        wrong, wrong_n = targets, n + 1 if n == 0 or rng.random() < 0.5 else n - 1
+    return Cot("count_" + key, f"How many {what} are there?", str(n), steps(targets, n), steps(wrong, wrong_n),
+               str(wrong_n), {key: value, "mistake": mistake})
 
 
 # ---------------------------------------------------------------------------------------------- OCR and charts
@@ -700,7 +704,7 @@ def text_fact(rng: random.Random) -> list[tuple[str, str]]:
 def text_scene(rng: random.Random) -> list[tuple[str, str]]:
     """A scene described in words; the question is answered from the description alone."""
     scene = shapes_scene(rng)
-    description = join_words([f"a {shape_name(s)} {place_phrase(s['place'])}" for s in scene["shapes"]])
+    description = join_words([f"{a(shape_name(s))} {place_phrase(s['place'])}" for s in scene["shapes"]])
     if rng.random() < 0.4:
         return [("Describe a picture from the shapes world.", caption(scene, rng))]
     qa = ask(rng, scene, (qa_count_shape, qa_count_colour, qa_count_all, qa_further_left, qa_above, qa_where))
@@ -716,8 +720,9 @@ def text_arithmetic(rng: random.Random) -> list[tuple[str, str]]:
     shape = rng.choice(SHAPES)
     c1, c2 = rng.sample(sorted(COLOURS), 2)
     n1, n2 = rng.randint(0, 5), rng.randint(0, 5)
-    return [(f"There are {n1} {c1} {plural(shape, n1)} and {n2} {c2} {plural(shape, n2)}. "
-             f"How many {plural(shape)} are there?",
+    question = (f"There are {n1} {c1} {plural(shape, n1)} and {n2} {c2} {plural(shape, n2)}. "
+                f"How many {plural(shape)} are there?")
+    return [(question,
              f"There are {n1 + n2} {plural(shape, n1 + n2)}, because {n1} + {n2} = {n1 + n2}.")]
 
 
@@ -891,7 +896,7 @@ def mpo_sets(images: dict[str, list[Img]], rng: random.Random) -> dict[str, list
                 "id": f"{name}-{i:06d}", "image": im.path, "width": im.width, "height": im.height,
                 "question": f"{IMAGE_PLACEHOLDER}\n{with_prompt(cot.question, COT_PROMPT)}",
                 "chosen": cot.text(), "rejected": cot.text(wrong=True), "answer_gt": cot.answer,
-                "meta": {"scene": im.scene, "qa": [cot.meta()]}})
+                "meta": {"scene": im.scene, "qa": [{**cot.meta(), "cot": True}]}})
     return sets
 
 
@@ -940,7 +945,7 @@ def dumps(obj: Any) -> str:
 
 
 def max_patch(name: str) -> int:
-    """Tiles per image for a dataset: few, so CPU training stays cheap; text needs more tiles to stay legible."""
+    """The `max_dynamic_patch` of a dataset, by the kind of image its name says it holds."""
     for prefix, kind in (("multi", "multi"), ("ocr", "ocr"), ("chart", "charts")):
         if name.startswith(prefix):
             return MAX_PATCH[kind]
@@ -1030,25 +1035,36 @@ def write_tokenizer(out: Path, data: Datasets) -> int:
 def write_readme(out: Path, seed: int, scale: float, counts: dict[str, dict[str, int]], n_images: int,
                  vocab: int) -> None:
     lines = [
-        "# nativevl synthetic world", "",
-        f"Generated by `nativevl.data.world.generate_world(out, seed={seed}, scale={scale})`; the same seed gives "
-        "the same bytes.", "",
-        f"- `images/{{train,val,test}}/{{shapes,ocr,charts}}/`: {n_images} PNG images (shapes scenes, rendered "
-        "words and numbers, bar charts).",
+        "# nativevl synthetic world",
+        "",
+        f"Generated by `nativevl.data.world.generate_world(out, seed={seed}, scale={scale})`; "
+        + "the same seed gives the same bytes.",
+        "",
+        f"- `images/{{train,val,test}}/{{shapes,ocr,charts}}/`: {n_images} PNG images "
+        + "(shapes scenes, rendered words and numbers, bar charts).",
         "- `meta_{pretrain,sft,mpo,eval}.json`: InternVL meta files. `root` and `annotation` are relative to "
-        "this folder; an image is `<this folder>/<root>/<record image>`.",
+        + "this folder; an image is `<this folder>/<root>/<record image>`.",
         "- `annotations/<stage>/<dataset>.jsonl`: InternVL chat records (`conversations` with `<image>` "
-        "placeholders), MMPR preference records (`question`, `chosen`, `rejected`, `answer_gt`) and held-out "
-        "val/test records with a short gold `answer`. `meta` keeps the scene spec and gold answers.",
-        f"- `tokenizer/`: byte-level BPE, {vocab} tokens, InternVL special tokens at ids 0..12.", "",
-        "| stage | dataset | records |", "|---|---|---|",
+        + "placeholders), MMPR preference records (`question`, `chosen`, `rejected`, `answer_gt`) and "
+        + "held-out val/test records with a short gold `answer`. `meta` keeps the scene spec and gold answers.",
+        f"- `tokenizer/`: byte-level BPE, {vocab} tokens, InternVL special tokens at ids 0..12.",
+        "",
+        "| stage | dataset | records |",
+        "|---|---|---|",
     ]
     lines += [f"| {stage} | {name} | {n} |" for stage, sets in counts.items() for name, n in sets.items()]
     (out / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+MARKER = ".nativevl-world"  # written last; only folders holding it are ever cleared
+
+
 def clear(out: Path) -> None:
-    """Remove what an earlier run wrote here, so that a smaller world leaves no stale files behind."""
+    """Remove what an earlier run wrote here, so that a smaller world leaves no stale files behind. A folder with
+    other content and no marker is refused rather than cleared: the names below are common ones."""
+    if any(out.iterdir()) and not (out / MARKER).is_file():
+        raise ValueError(f"{out} is not empty and was not written by `nativevl world generate`; "
+                         "give an empty or new folder")
     for name in ("images", "annotations", "tokenizer"):
         if (out / name).is_dir():
             shutil.rmtree(out / name)
@@ -1082,6 +1098,7 @@ def generate_world(out: str | Path, seed: int = 0, scale: float = 1.0) -> dict[s
     vocab = write_tokenizer(out, data)
     per_split = {split: sum(len(v) for v in images[split].values()) for split in SPLITS}
     write_readme(out, seed, scale, counts, sum(per_split.values()), vocab)
+    (out / MARKER).write_text("written by nativevl world generate\n")
     return {
         "out": str(out), "seed": seed, "scale": scale, "datasets": counts,
         "records": sum(sum(c.values()) for c in counts.values()),
