@@ -4,6 +4,7 @@
   nativevl convert SRC DST --layout transformers [--dtype bfloat16] [--max-shard-size 5GB]
   nativevl demo [--out DIR]
   nativevl world generate OUT [--seed 0] [--scale 1.0]
+  nativevl train RECIPE_OR_TOML [--set key=value]...
 """
 
 from __future__ import annotations
@@ -77,6 +78,24 @@ def cmd_chat(args: argparse.Namespace) -> None:
                 print(f"error: {e}", file=sys.stderr)
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    import logging
+
+    from nativevl.train.config import load_config
+    from nativevl.train.trainer import TrainingError, train
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.recipe, args.set)
+    try:
+        history = train(cfg)
+    except TrainingError as e:
+        raise ValueError(str(e)) from None
+    if history:
+        last = history[-1]
+        print(f"trained {cfg.name} to step {int(last['step'])}: loss {last['loss']:.4f}; "
+              f"model in {Path(cfg.out) / 'final'}, curve in {Path(cfg.out) / 'loss_curve.png'}")
+
+
 def cmd_world(args: argparse.Namespace) -> None:
     from nativevl.data.world import generate_world
 
@@ -131,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="cast floating tensors (default: keep)")
     p.add_argument("--max-shard-size", default="5GB", help="shard past this size (default 5GB)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("train", help="train a recipe (pretrain, sft, demo_pretrain, …) or a TOML config",
+                       description="Runs under torchrun too (FSDP2 across the processes).")
+    p.add_argument("recipe", help="a recipe name or a .toml file (whose `recipe = \"…\"` names its base)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any field, e.g. --set steps=200 --set optim.lr=1e-4; repeatable")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("world", help="the embedded synthetic multimodal world")
     world = p.add_subparsers(dest="action", required=True)

@@ -482,6 +482,11 @@ def _read(files: dict[str, Path], device: torch.device | str | None) -> Iterator
                 yield name, f.get_tensor(name)
 
 
+def read_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of an original-layout folder under its own name (single file or shards)."""
+    return dict(_read(weight_files(Path(path)), "cpu"))
+
+
 # --- writing ---------------------------------------------------------------------------------------------------
 
 
@@ -502,22 +507,25 @@ def parse_size(size: str | int) -> int:
     return int(float(m.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[m.group(2)])
 
 
-def _dtype_name(model: InternVL) -> str:
-    return str(next(model.parameters()).dtype).removeprefix("torch.")
-
-
 def save_model(model: InternVL, path: str | Path, layout: str = "original", max_shard_size: str | int = "5GB") -> None:
     """Write config.json and safetensors (sharded with an index past `max_shard_size`)."""
+    save_state(own_state_dict(model), model.config, path, layout, max_shard_size)
+
+
+def save_state(state: dict[str, torch.Tensor], config: ModelConfig, path: str | Path, layout: str = "original",
+               max_shard_size: str | int = "5GB") -> None:
+    """Write a full state dict under nativevl's (original) names, e.g. one gathered from FSDP2 shards."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    state = own_state_dict(model)
+    if config.text.tie_word_embeddings:
+        state = {k: v for k, v in state.items() if k != "language_model.lm_head.weight"}
+    dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
     if layout == "transformers":
         state = to_transformers(state)
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    config = config_to_dict(model.config, layout, _dtype_name(model))
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (folder / "config.json").write_text(json.dumps(config_to_dict(config, layout, dtype), indent=2) + "\n")
     for stale in [*folder.glob("model-*-of-*.safetensors"), folder / INDEX_FILE, folder / SINGLE_FILE]:
         stale.unlink(missing_ok=True)
     _write_shards(state, folder, parse_size(max_shard_size))

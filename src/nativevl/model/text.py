@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nativevl.config import TextConfig
 from nativevl.model.attention import AttentionInputs, attend
@@ -202,6 +203,7 @@ class CausalLM(nn.Module):
         self.model = Decoder(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
+        self.activation_checkpointing = False  # recompute each layer in the backward pass (training memory)
 
     def tie_weights(self) -> None:
         """Share lm_head with the embedding when the config ties them (again after to_empty or loading)."""
@@ -221,8 +223,9 @@ class CausalLM(nn.Module):
         past = cache.length if cache is not None else 0
         a = attention_inputs(self.config, position_ids, attention_mask, past, inputs_embeds.dtype, cu_seqlens)
         x = inputs_embeds
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for layer in self.model.layers:
-            x = layer(x, a, cache)
+            x = checkpoint(layer, x, a, None, use_reentrant=False) if recompute else layer(x, a, cache)
         if cache is not None:
             cache.length += x.shape[1]
         x = self.model.norm(x[:, -logits_to_keep:] if logits_to_keep else x)

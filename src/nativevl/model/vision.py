@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nativevl.config import VisionConfig
 from nativevl.model.layers import DropPath, RMSNorm, activation, make_norm
@@ -112,10 +113,14 @@ class InternViT(nn.Module):
         self.config = cfg
         self.embeddings = VisionEmbeddings(cfg)
         self.encoder = VisionEncoder(cfg)
+        self.activation_checkpointing = False  # recompute each layer in the backward pass (training memory)
 
     def forward(self, pixel_values: torch.Tensor, num_layers: int | None = None) -> torch.Tensor:
         """(tiles, 3, H, W) -> hidden states after `num_layers` layers (all by default), CLS included."""
         x = self.embeddings(pixel_values)
         for layer in self.encoder.layers[:num_layers]:
-            x = layer(x)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, use_reentrant=False)
+            else:
+                x = layer(x)
         return x

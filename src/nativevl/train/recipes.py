@@ -1,0 +1,99 @@
+"""Named training recipes: Python functions returning a TrainConfig (`nativevl train RECIPE --set k=v`).
+
+- `pretrain`: the paper's native multimodal pre-training: every parameter trainable, text-only and multimodal
+  data mixed about 1:3, V2PE with a random δ per image, square-averaged loss, packed rows.
+- `sft`: supervised fine-tuning: the same loop on conversation data, JPEG augmentation (per dataset), square
+  averaging, packing, V2PE.
+- `posthoc_warmup`, `posthoc_vit`: the conventional post-hoc recipe as a baseline (InternVL2.5 stages 1 and 1.5):
+  frozen LLM, projector warm-up, then the ViT unfrozen.
+- `demo_pretrain`, `demo_sft`: the embedded world's tiny model, sized to train in minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from nativevl.train.config import DataSpec, FreezeSpec, ModelSpec, OptimSpec, TrainConfig
+
+
+def pretrain() -> TrainConfig:
+    return TrainConfig(
+        name="pretrain",
+        stage="pretrain",
+        out="runs/pretrain",
+        data=DataSpec(text_ratio=0.25, v2pe="random"),
+        optim=OptimSpec(lr=4e-5),  # InternVL2.5's full-parameter stage
+        loss_reduction="square",
+    )
+
+
+def sft() -> TrainConfig:
+    return TrainConfig(
+        name="sft",
+        stage="sft",
+        out="runs/sft",
+        data=DataSpec(v2pe="random"),
+        optim=OptimSpec(lr=2e-5),
+        loss_reduction="square",
+    )
+
+
+def posthoc_warmup() -> TrainConfig:
+    cfg = pretrain()
+    cfg.name, cfg.out = "posthoc_warmup", "runs/posthoc_warmup"
+    cfg.data.text_ratio, cfg.data.v2pe = None, "off"
+    cfg.freeze = FreezeSpec(vit=True, llm=True)
+    cfg.optim.lr = 2e-4  # InternVL2.5 stage 1 (MLP warm-up)
+    return cfg
+
+
+def posthoc_vit() -> TrainConfig:
+    cfg = posthoc_warmup()
+    cfg.name, cfg.out = "posthoc_vit", "runs/posthoc_vit"
+    cfg.freeze = FreezeSpec(llm=True)
+    cfg.optim.lr = 1e-5  # InternVL2.5 stage 1.5 (ViT incremental)
+    return cfg
+
+
+DEMO_MODEL = {
+    # InternVL3's architecture at a toy size; 224-px tiles give 64 visual tokens per tile.
+    "vision.image_size": 224,
+    "vision.hidden_size": 96,
+    "vision.intermediate_size": 384,
+    "vision.num_attention_heads": 4,
+    "vision.num_hidden_layers": 3,
+    "text.hidden_size": 192,
+    "text.intermediate_size": 512,
+    "text.num_attention_heads": 6,
+    "text.num_key_value_heads": 2,
+    "text.num_hidden_layers": 4,
+    "text.tie_word_embeddings": False,
+}
+
+
+def demo_pretrain() -> TrainConfig:
+    cfg = pretrain()
+    cfg.name, cfg.out, cfg.steps = "demo_pretrain", "runs/demo/pretrain", 300
+    cfg.model = ModelSpec(preset="tiny", overrides=dict(DEMO_MODEL))
+    cfg.data = DataSpec(meta="world/meta_pretrain.json", tokenizer="world/tokenizer", max_seq_length=2048,
+                        max_dynamic_patch=4, image_size=224, v2pe="random", text_ratio=0.25, max_tokens=2048,
+                        max_tiles=24, num_workers=1)
+    cfg.optim = OptimSpec(lr=2e-3, warmup_ratio=0.05, min_lr_ratio=0.1)
+    cfg.save_every, cfg.keep_last = 100, 1
+    # Measured on the 2-core CPU: at this size bf16 autocast is 8x slower than fp32 (7.4 s vs 0.85 s a step).
+    cfg.precision = "fp32"
+    return cfg
+
+
+def demo_sft() -> TrainConfig:
+    cfg = demo_pretrain()
+    cfg.name, cfg.stage, cfg.out, cfg.steps = "demo_sft", "sft", "runs/demo/sft", 300
+    cfg.model = ModelSpec(checkpoint="runs/demo/pretrain/final")
+    cfg.data.meta, cfg.data.text_ratio = "world/meta_sft.json", None
+    cfg.optim = OptimSpec(lr=1e-3, warmup_ratio=0.05, min_lr_ratio=0.1)
+    return cfg
+
+
+RECIPES: dict[str, Callable[[], TrainConfig]] = {
+    f.__name__: f for f in (pretrain, sft, posthoc_warmup, posthoc_vit, demo_pretrain, demo_sft)
+}

@@ -1,0 +1,405 @@
+"""The training loop for every stage (pre-training, SFT; the recipe decides data and freezing), on one CPU or
+on many GPUs through torchrun + FSDP2.
+
+    nativevl train demo_pretrain --set steps=50            # one process
+    torchrun --nproc_per_node 8 -m nativevl train pretrain --set data.meta=meta.json   # FSDP2
+
+A step takes one packed micro-batch from each of its `grad_accum` data shards; shard s of rank r is the stream
+of data rank r·A + s of world·A, so the global batch (and the result) does not depend on how it is split
+between processes and accumulation. The loss is the global weighted mean (token, sample or square weights).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.optim.lr_scheduler import LambdaLR
+
+from nativevl.config import preset
+from nativevl.data.dataset import DataConfig
+from nativevl.data.loader import StreamConfig, TrainStream, make_loader
+from nativevl.data.packing import PackedBatch
+from nativevl.model.internvl import IGNORE_INDEX, InternVL
+from nativevl.tokenizer import IM_END, IM_START, load_tokenizer
+from nativevl.train import checkpoint as ckpt
+from nativevl.train.config import TrainConfig
+from nativevl.train.losses import reduce_denominator, token_weights, weighted_lm_loss
+from nativevl.weights import SIDECAR_FILES, read_state, save_state
+
+log = logging.getLogger("nativevl.train")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on; the message says why."""
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            device, backend = torch.device("cuda", local), "nccl"
+        else:
+            device, backend = torch.device("cpu"), "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+        return cls(rank, world, device)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def cosine_schedule(steps: int, warmup_ratio: float, min_ratio: float):  # noqa: ANN201 - lr multiplier
+    warmup = max(1, math.ceil(steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
+    """Biases, norms, LayerScale, class/position embeddings: no weight decay (as the original's HF Trainer)."""
+    return param.ndim < 2 or name.endswith(("class_embedding", "position_embedding"))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.dist = Dist.from_env()
+        self.out = Path(cfg.out)
+        self.step = 0
+        self.nonfinite_skipped = 0
+        self.consecutive_nonfinite = 0
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        tokenizer_dir = cfg.data.tokenizer or cfg.model.checkpoint
+        if not tokenizer_dir:
+            raise TrainingError("data.tokenizer is not set and there is no model.checkpoint to take it from")
+        self.tokenizer_dir = Path(tokenizer_dir)
+        self.tokenizer = load_tokenizer(self.tokenizer_dir)
+        self.model = self._build_model()
+        self.data_cfg = DataConfig(
+            max_seq_length=cfg.data.max_seq_length, max_dynamic_patch=cfg.data.max_dynamic_patch,
+            image_size=cfg.data.image_size, num_image_token=self.model.num_image_token,
+            template=self.model.config.template or "internvl2_5", system_message=cfg.data.system_message,
+            v2pe=cfg.data.v2pe, v2pe_delta=cfg.data.v2pe_delta, min_num_frame=cfg.data.min_num_frame,
+            max_num_frame=cfg.data.max_num_frame)
+        self.stream_cfg = StreamConfig(seed=cfg.seed, text_ratio=cfg.data.text_ratio, max_tokens=cfg.data.max_tokens,
+                                       max_tiles=cfg.data.max_tiles)
+        self.check_data()
+        self._prepare_model()
+        self.optimizer = self._build_optimizer()
+        self.scheduler = LambdaLR(self.optimizer, cosine_schedule(cfg.steps, cfg.optim.warmup_ratio,
+                                                                  cfg.optim.min_lr_ratio))
+        shards = cfg.optim.grad_accum
+        self.loaders = [make_loader(self._stream(self.dist.rank * shards + s, self.dist.world * shards),
+                                    cfg.data.num_workers) for s in range(shards)]
+        if cfg.resume:
+            self._resume()
+
+    # --- set-up -----------------------------------------------------------------------------------------------
+
+    def _build_model(self) -> InternVL:
+        spec = self.cfg.model
+        if spec.checkpoint:
+            model = InternVL.from_pretrained(spec.checkpoint, dtype=torch.float32)
+            if spec.overrides:
+                raise TrainingError("model.overrides apply to presets only, not to a checkpoint")
+        else:
+            config = preset(spec.preset).replace(**spec.overrides)
+            if spec.vocab_from_tokenizer:
+                config = config.replace(**{"text.vocab_size": len(self.tokenizer),
+                                           "img_context_token_id": self.tokenizer.img_context_id,
+                                           "text.eos_token_id": self.tokenizer.im_end_id, "text.bos_token_id": None})
+            model = InternVL.from_config(config)
+        if self.cfg.drop_path_rate:
+            rates = torch.linspace(0, self.cfg.drop_path_rate, len(model.vision_model.encoder.layers)).tolist()
+            for layer, rate in zip(model.vision_model.encoder.layers, rates, strict=True):
+                layer.drop_path1.rate = layer.drop_path2.rate = rate
+            model.config.vision.drop_path_rate = self.cfg.drop_path_rate
+        return model.to(self.dist.device)
+
+    def _stream(self, rank: int, world: int) -> TrainStream:
+        if not self.cfg.data.meta:
+            raise TrainingError("data.meta is not set: give the meta.json of the training data")
+        return TrainStream(self.cfg.data.meta, self.tokenizer, self.data_cfg, self.stream_cfg, rank, world)
+
+    def check_data(self, batches: int = 3) -> None:
+        """Fail before training, not with a loss of 0: template tokens, model/tokenizer/data agreement, and the
+        first batches (every sample learns something, image tokens match the tiles, few records skipped)."""
+        tok, model = self.tokenizer, self.model
+        for token in (IM_START, IM_END):
+            if len(tok.encode(token)) != 1:
+                raise TrainingError(f"the tokenizer does not know the chat template token {token} as one token")
+        if tok.img_context_id != model.config.img_context_token_id:
+            raise TrainingError(f"tokenizer <IMG_CONTEXT> = {tok.img_context_id}, model expects "
+                                f"{model.config.img_context_token_id}")
+        if len(tok) > model.config.text.vocab_size:
+            raise TrainingError(f"the tokenizer has {len(tok)} tokens, the model's vocabulary only "
+                                f"{model.config.text.vocab_size}")
+        if self.cfg.data.image_size != model.config.vision.image_size:
+            raise TrainingError(f"data.image_size {self.cfg.data.image_size} != the ViT's image_size "
+                                f"{model.config.vision.image_size}")
+        stream = iter(self._stream(0, 1))
+        seen = 0
+        for _ in range(batches):
+            batch = next(stream)
+            bounds = batch.cu_seqlens.tolist()
+            for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+                if bool((batch.labels[0, start:end] == IGNORE_INDEX).all()):
+                    raise TrainingError(f"{batch.sources[i]}: no supervised tokens")
+            real_tiles = int(batch.image_flags.sum())
+            context = int((batch.input_ids == tok.img_context_id).sum())
+            if context != real_tiles * model.num_image_token:
+                raise TrainingError(f"a batch has {context} <IMG_CONTEXT> tokens for {real_tiles} tiles of "
+                                    f"{model.num_image_token} tokens ({batch.sources})")
+            seen += batch.num_samples
+        skipped = sum(batch.skipped.values())
+        if skipped > seen:
+            raise TrainingError(f"{skipped} of the first {skipped + seen} records were skipped: {batch.skipped}")
+        if self.dist.main:
+            log.info("data check passed: %d samples in %d batches, %d records skipped", seen, batches, skipped)
+
+    def _prepare_model(self) -> None:
+        f, model = self.cfg.freeze, self.model
+        for part, frozen in ((model.vision_model, f.vit), (model.mlp1, f.projector), (model.language_model, f.llm)):
+            part.requires_grad_(not frozen)
+        if f.vit and f.unfreeze_vit_layers is not None:
+            for layer in model.vision_model.encoder.layers[f.unfreeze_vit_layers:]:
+                layer.requires_grad_(True)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise TrainingError("every parameter is frozen: nothing to train")
+        model.vision_model.activation_checkpointing = self.cfg.activation_checkpointing
+        model.language_model.activation_checkpointing = self.cfg.activation_checkpointing
+        model.train()
+        if self.dist.world > 1:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh(self.dist.device.type, (self.dist.world,))
+            for layer in [*model.vision_model.encoder.layers, *model.language_model.model.layers]:
+                fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                (no_decay if _no_decay(name, param) else decay).append(param)
+        o = self.cfg.optim
+        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+
+    def _autocast(self):  # noqa: ANN202
+        enabled = self.cfg.precision == "bf16"
+        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def train_step(self, batches: list[PackedBatch]) -> dict[str, float]:
+        device = self.dist.device
+        weights = [token_weights(b.labels, b.cu_seqlens, self.cfg.loss_reduction) for b in batches]
+        local = torch.stack([w[:, 1:].sum() for w in weights]).sum().to(device)
+        denominator = reduce_denominator(local)  # averaged across ranks: see train/losses.py
+        total = torch.zeros((), device=device)
+        for batch, w in zip(batches, weights, strict=True):
+            with self._autocast():
+                out = self.model(batch.input_ids.to(device), pixel_values=batch.pixel_values.to(device),
+                                 image_flags=batch.image_flags.to(device), position_ids=batch.position_ids.to(device),
+                                 cu_seqlens=batch.cu_seqlens.to(device))
+            loss = weighted_lm_loss(out.logits, batch.labels.to(device), w.to(device), denominator)
+            loss.backward()
+            total += loss.detach()
+        if self.dist.world > 1:
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+            total /= self.dist.world
+        loss_value = float(total)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_skipped += 1
+            self.consecutive_nonfinite += 1
+            log.warning("step %d: non-finite loss %s, step skipped (%d so far)", self.step + 1, loss_value,
+                        self.nonfinite_skipped)
+            if self.consecutive_nonfinite >= self.cfg.max_nonfinite:
+                raise TrainingError(f"{self.consecutive_nonfinite} non-finite losses in a row at step "
+                                    f"{self.step + 1}: lower optim.lr, check the data, or try precision=fp32")
+            grad_norm = float("nan")
+        else:
+            self.consecutive_nonfinite = 0
+            max_norm = self.cfg.optim.max_grad_norm
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf")))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.step += 1
+        return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                "tokens": sum(b.num_tokens for b in batches) * self.dist.world,
+                "samples": sum(b.num_samples for b in batches) * self.dist.world,
+                "efficiency": sum(b.efficiency for b in batches) / len(batches),
+                "skipped_records": sum(sum(b.skipped.values()) for b in batches),
+                "nonfinite_skipped": self.nonfinite_skipped}
+
+    def run(self) -> list[dict[str, float]]:
+        """Train to `steps`, checkpointing as configured; returns this process's metrics."""
+        from nativevl.train.progress import Progress
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.dist.main:
+            (self.out / "config.toml").write_text(cfg.to_toml())
+        iters = [iter(loader) for loader in self.loaders]
+        history: list[dict[str, float]] = []
+        progress = Progress(self.out, cfg.steps, self.step, enabled=self.dist.main and cfg.progress)
+        start = time.perf_counter()
+        while self.step < cfg.steps:
+            step_start = time.perf_counter()
+            metrics = self.train_step([next(it) for it in iters])
+            metrics["step_seconds"] = time.perf_counter() - step_start
+            metrics["elapsed"] = time.perf_counter() - start
+            history.append(metrics)
+            if self.dist.main:
+                progress.update(metrics)
+            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                self.save()
+        progress.close()
+        model_state, _ = self._full_state()  # a collective: every rank takes part
+        if self.dist.main:
+            self.save_final(model_state)
+        return history
+
+    # --- checkpoints ------------------------------------------------------------------------------------------
+
+    def _full_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return (get_model_state_dict(self.model, options=options),
+                get_optimizer_state_dict(self.model, self.optimizer, options=options))
+
+    def save(self) -> None:
+        model_state, optim_state = self._full_state()  # a collective: every rank takes part
+        tmp = self.out / f".step-{self.step:07d}.tmp"
+        if self.dist.main:
+            tmp = ckpt.begin(self.out, self.step)
+        self.dist.barrier()
+        if self.dist.main:
+            save_state(model_state, self.model.config, tmp)
+            self._copy_tokenizer(tmp)
+            ckpt.save_optimizer(optim_state, tmp)
+            (tmp / "config.toml").write_text(self.cfg.to_toml())
+            (tmp / "trainer.json").write_text(json.dumps({
+                "step": self.step, "scheduler": self.scheduler.state_dict(),
+                "nonfinite_skipped": self.nonfinite_skipped}))
+        rank_state = {"loaders": [loader.state_dict() for loader in self.loaders],
+                      "python_rng": _jsonable(random.getstate()), "numpy_rng": _jsonable(np.random.get_state())}
+        from safetensors.torch import save_file
+
+        (tmp / f"rank{self.dist.rank}.json").write_text(json.dumps(rank_state))
+        save_file(ckpt.rng_state(), tmp / f"rank{self.dist.rank}_rng.safetensors")
+        self.dist.barrier()
+        if self.dist.main:
+            ckpt.commit(tmp, self.out, self.step, self.cfg.keep_last)
+        self.dist.barrier()
+
+    def save_final(self, model_state: dict[str, torch.Tensor]) -> None:
+        """`out/final`: the model alone (original layout + tokenizer), for `nativevl chat` or the next stage."""
+        final, tmp = self.out / "final", self.out / ".final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_state(model_state, self.model.config, tmp)
+        self._copy_tokenizer(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+
+    def _copy_tokenizer(self, folder: Path) -> None:
+        for name in SIDECAR_FILES:
+            if (self.tokenizer_dir / name).is_file():
+                shutil.copy2(self.tokenizer_dir / name, folder / name)
+
+    def _resume(self) -> None:
+        folder = ckpt.latest_valid(self.out)
+        if folder is None:
+            return
+        from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        rank_file = folder / f"rank{self.dist.rank}.json"
+        if not rank_file.is_file():
+            raise TrainingError(f"{folder} was written by a run with another number of processes")
+        options = StateDictOptions(full_state_dict=True)
+        model_state = read_state(folder)
+        if self.model.config.text.tie_word_embeddings:  # a tied head is not stored
+            model_state["language_model.lm_head.weight"] = model_state["language_model.model.embed_tokens.weight"]
+        set_model_state_dict(self.model, model_state, options=options)
+        set_optimizer_state_dict(self.model, self.optimizer, ckpt.load_optimizer(folder), options=options)
+        trainer = json.loads((folder / "trainer.json").read_text())
+        self.step, self.nonfinite_skipped = trainer["step"], trainer["nonfinite_skipped"]
+        self.scheduler.load_state_dict(trainer["scheduler"])
+        rank_state = json.loads(rank_file.read_text())
+        for loader, state in zip(self.loaders, rank_state["loaders"], strict=True):
+            loader.load_state_dict(state)
+        random.setstate(_tuples(rank_state["python_rng"]))
+        np.random.set_state(_tuples(rank_state["numpy_rng"]))
+        ckpt.set_rng_state(load_file(folder / f"rank{self.dist.rank}_rng.safetensors"))
+        if self.dist.main:
+            log.info("resumed from %s (step %d)", folder, self.step)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, dict) and "__ndarray__" in value:
+        return np.array(value["__ndarray__"], dtype=value["dtype"])
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def train(cfg: TrainConfig) -> list[dict[str, float]]:
+    return Trainer(cfg).run()
