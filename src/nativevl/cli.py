@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -106,13 +105,12 @@ def cmd_world(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    import logging
+
     from nativevl.demo import run_demo
 
-    if args.out:
-        run_demo(Path(args.out))
-    else:
-        with tempfile.TemporaryDirectory(prefix="nativevl-demo-") as tmp:
-            run_demo(Path(tmp))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run_demo(Path(args.out), args.pretrain_steps, args.sft_steps)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale", type=float, default=1.0, help="multiply the number of records (default 1.0)")
     g.set_defaults(func=cmd_world)
 
-    p = sub.add_parser("demo", help="the smallest end-to-end run: build, save, convert, load, generate")
-    p.add_argument("--out", help="keep the checkpoints in this folder (default: a temporary one)")
+    p = sub.add_parser("demo", help="the whole recipe on the embedded world: pre-train, SFT, evaluate (CPU)")
+    p.add_argument("--out", default="demo_out", help="world, checkpoints, curves and results (default demo_out)")
+    p.add_argument("--pretrain-steps", type=int, help="override the recipe's pre-training steps")
+    p.add_argument("--sft-steps", type=int, help="override the recipe's SFT steps")
     p.set_defaults(func=cmd_demo)
     return parser
 

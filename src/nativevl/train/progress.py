@@ -10,9 +10,10 @@ from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, out: Path, total: int, initial: int, enabled: bool = True) -> None:
+    def __init__(self, out: Path, total: int, initial: int, enabled: bool = True, bar: bool = True) -> None:
+        """`enabled`: write metrics (the main process); `bar`: also show the progress bar."""
         self.out, self.enabled = out, enabled
-        self.bar = tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=total, initial=initial, disable=not (enabled and bar), unit="step", dynamic_ncols=True)
         self.file = open(out / "metrics.jsonl", "a", encoding="utf-8") if enabled else None  # noqa: SIM115
         self.board = None
         if enabled:

@@ -282,7 +282,7 @@ class Trainer:
             (self.out / "config.toml").write_text(cfg.to_toml())
         iters = [iter(loader) for loader in self.loaders]
         history: list[dict[str, float]] = []
-        progress = Progress(self.out, cfg.steps, self.step, enabled=self.dist.main and cfg.progress)
+        progress = Progress(self.out, cfg.steps, self.step, enabled=self.dist.main, bar=cfg.progress)
         start = time.perf_counter()
         while self.step < cfg.steps:
             step_start = time.perf_counter()

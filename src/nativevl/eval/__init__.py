@@ -1,0 +1,1 @@
+"""Evaluation: held-out splits of the embedded world (and, later, MMMU-style benchmarks)."""
