@@ -21,7 +21,7 @@ from nativevl.train.config import TrainConfig, load_config
 from nativevl.train.trainer import Trainer, TrainingError
 
 TINY = {"vision.image_size": 224, "vision.hidden_size": 32, "vision.intermediate_size": 64,
-        "vision.num_attention_heads": 2, "vision.num_hidden_layers": 1, "text.hidden_size": 32,
+        "vision.num_attention_heads": 2, "vision.num_hidden_layers": 2, "text.hidden_size": 32,
         "text.intermediate_size": 64, "text.num_attention_heads": 2, "text.num_key_value_heads": 1,
         "text.num_hidden_layers": 1}
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -32,7 +33,7 @@ from nativevl.data.dataset import (
     read_lines,
     read_meta,
 )
-from nativevl.data.packing import PackedBatch, Packer
+from nativevl.data.packing import Packer, collate
 from nativevl.tokenizer import InternVLTokenizer
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class TrainStream(IterableDataset):
         self.draw = 0
         self.cursors = [0] * len(self.specs)
         self.pending: list[list[int]] = []  # draws in the packer's open buffers, to rebuild them on resume
+        self.queued: list[list[int]] = []  # draws of rows made but not yet handed out
         self.skipped: Counter[str] = Counter()
         self.built = 0
 
@@ -123,14 +125,18 @@ class TrainStream(IterableDataset):
 
     def __iter__(self):  # noqa: ANN204 - yields PackedBatch
         packer = Packer(self.cfg.max_tokens, self.cfg.max_tiles, self.cfg.max_buffers)
-        by_draw: dict[int, Sample] = {}
-        for group in self.pending:  # rebuild the buffers open at the saved position
-            packer.buffers.append([])
-            for g in group:
-                sample = self._rebuild(g)
-                by_draw[id(sample)] = g
-                packer.buffers[-1].append(sample)
+        draws: dict[int, int] = {}  # id(sample) -> its draw, for the samples held here
+        packer.buffers = [self._rebuild_row(group, draws) for group in self.pending]
+        queue = [self._rebuild_row(group, draws) for group in self.queued]  # rows made, not yet handed out
         while True:
+            while queue:
+                row = queue.pop(0)
+                self.queued = [[draws[id(s)] for s in r] for r in queue]
+                self.pending = [[draws[id(s)] for s in b] for b in packer.buffers]
+                batch = collate(row, self.cfg.max_tokens)
+                batch.skipped = dict(self.skipped)
+                yield batch  # the state now says exactly what is still to come
+            draws = {id(s): draws[id(s)] for b in packer.buffers for s in b}
             g, ds, index = self._next_draw()
             if not self._mine(g):
                 continue
@@ -143,13 +149,14 @@ class TrainStream(IterableDataset):
                             sample.num_tokens, sample.num_tiles)
                 continue
             self.built += 1
-            by_draw[id(sample)] = g
-            ready = packer.add(sample)
-            self.pending = [[by_draw[id(s)] for s in buffer] for buffer in packer.buffers]
-            by_draw = {id(s): by_draw[id(s)] for buffer in packer.buffers for s in buffer}
-            for batch in ready:
-                batch.skipped = dict(self.skipped)
-                yield batch
+            draws[id(sample)] = g
+            queue = packer.add(sample)
+            self.pending = [[draws[id(s)] for s in b] for b in packer.buffers]
+
+    def _rebuild_row(self, group: list[int], draws: dict[int, int]) -> list[Sample]:
+        row = [self._rebuild(g) for g in group]
+        draws.update({id(s): g for s, g in zip(row, group, strict=True)})
+        return row
 
     def _rebuild(self, g: int) -> Sample:
         """The sample of draw g again (the dataset choice and cursor are replayed from the start)."""
@@ -164,19 +171,22 @@ class TrainStream(IterableDataset):
 
     def state_dict(self) -> dict[str, Any]:
         return {"draw": self.draw, "cursors": list(self.cursors), "pending": [list(p) for p in self.pending],
-                "skipped": dict(self.skipped), "built": self.built}
+                "queued": [list(q) for q in self.queued], "skipped": dict(self.skipped), "built": self.built}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.draw, self.cursors = state["draw"], list(state["cursors"])
         self.pending = [list(p) for p in state["pending"]]
+        self.queued = [list(q) for q in state.get("queued", [])]
         self.skipped, self.built = Counter(state["skipped"]), state["built"]
 
 
-def _identity(batch: PackedBatch) -> PackedBatch:
+def _identity(batch: "PackedBatch") -> "PackedBatch":  # noqa: F821 - any object passes through
     return batch
 
 
 def make_loader(stream: TrainStream, num_workers: int = 0) -> StatefulDataLoader:
     """A DataLoader whose `state_dict()` / `load_state_dict()` resume the stream exactly, workers included."""
+    # Its own generator: creating an iterator draws a base seed, which must not move the global RNG that
+    # drop path uses (a resumed run creates its iterator after restoring that RNG).
     return StatefulDataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_identity,
-                              persistent_workers=False)
+                              persistent_workers=False, generator=torch.Generator().manual_seed(stream.cfg.seed))

@@ -58,7 +58,8 @@ def collate(samples: list[Sample], max_tokens: int) -> PackedBatch:
 
 
 class Packer:
-    """Stateful greedy packer: `add(sample)` returns the batches that became ready; `flush()` the rest."""
+    """Stateful greedy packer: `add(sample)` returns the rows (lists of samples) that became ready; `flush()`
+    the rest. `collate` turns a row into a PackedBatch."""
 
     def __init__(self, max_tokens: int, max_tiles: int, max_buffers: int = 4) -> None:
         if max_tokens < 1 or max_tiles < 1 or max_buffers < 1:
@@ -69,7 +70,7 @@ class Packer:
     def fits(self, sample: Sample) -> bool:
         return sample.num_tokens <= self.max_tokens and sample.num_tiles <= self.max_tiles
 
-    def add(self, sample: Sample) -> list[PackedBatch]:
+    def add(self, sample: Sample) -> list[list[Sample]]:
         if not self.fits(sample):
             raise ValueError(f"{sample.source}: {sample.num_tokens} tokens / {sample.num_tiles} tiles exceed the "
                              f"budget of {self.max_tokens} tokens / {self.max_tiles} tiles")
@@ -87,13 +88,12 @@ class Packer:
             ready.append(self._emit(max(self.buffers, key=self._tokens)))
         return ready
 
-    def _emit(self, buffer: list[Sample]) -> PackedBatch:
+    def _emit(self, buffer: list[Sample]) -> list[Sample]:
         self.buffers = [b for b in self.buffers if b is not buffer]  # by identity: samples hold tensors
-        return collate(buffer, self.max_tokens)
+        return buffer
 
-    def flush(self) -> list[PackedBatch]:
-        ready = [collate(b, self.max_tokens) for b in self.buffers]
-        self.buffers = []
+    def flush(self) -> list[list[Sample]]:
+        ready, self.buffers = self.buffers, []
         return ready
 
     @staticmethod
@@ -108,5 +108,7 @@ class Packer:
 def pack(samples: Iterable[Sample], max_tokens: int, max_tiles: int, max_buffers: int = 4) -> Iterator[PackedBatch]:
     packer = Packer(max_tokens, max_tiles, max_buffers)
     for sample in samples:
-        yield from packer.add(sample)
-    yield from packer.flush()
+        for row in packer.add(sample):
+            yield collate(row, max_tokens)
+    for row in packer.flush():
+        yield collate(row, max_tokens)
