@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nativevl.conversation import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, get_template, image_tokens
+from nativevl.conversation import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, get_template
 from nativevl.data.image import ImageError, dynamic_preprocess, normalize, open_image
 from nativevl.data.v2pe import V2PE_DELTAS, v2pe_positions_row
 from nativevl.data.video import VideoError, _frame_count, read_frames

@@ -113,9 +113,9 @@ def attention_inputs(
         if position_ids.shape[0] != 1 or past or attention_mask is not None:
             raise ValueError("packed attention (cu_seqlens) takes one row, no KV cache and no attention_mask")
         bounds = [int(b) for b in cu_seqlens.tolist()]
-        if bounds[0] != 0 or bounds[-1] != length or any(b >= e for b, e in zip(bounds[:-1], bounds[1:])):
+        segments = list(zip(bounds[:-1], bounds[1:], strict=True))
+        if bounds[0] != 0 or bounds[-1] != length or any(b >= e for b, e in segments):
             raise ValueError(f"cu_seqlens {bounds[:8]}… must rise strictly from 0 to the row length {length}")
-        segments = list(zip(bounds[:-1], bounds[1:]))
         return AttentionInputs(cos, sin, cu_seqlens=cu_seqlens, segments=segments,
                                max_seqlen=max(e - s for s, e in segments))
     padded = attention_mask is not None and not bool(attention_mask.all())

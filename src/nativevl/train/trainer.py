@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 from torch.optim.lr_scheduler import LambdaLR
 
 from nativevl.config import preset
@@ -329,8 +330,6 @@ class Trainer:
                 "nonfinite_skipped": self.nonfinite_skipped}))
         rank_state = {"loaders": [loader.state_dict() for loader in self.loaders],
                       "python_rng": _jsonable(random.getstate()), "numpy_rng": _jsonable(np.random.get_state())}
-        from safetensors.torch import save_file
-
         (tmp / f"rank{self.dist.rank}.json").write_text(json.dumps(rank_state))
         save_file(ckpt.rng_state(), tmp / f"rank{self.dist.rank}_rng.safetensors")
         self.dist.barrier()
@@ -356,7 +355,6 @@ class Trainer:
         folder = ckpt.latest_valid(self.out)
         if folder is None:
             return
-        from safetensors.torch import load_file
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_model_state_dict,
