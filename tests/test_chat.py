@@ -117,3 +117,13 @@ def test_mismatched_tokenizer_is_refused(folder, tmp_path):
     with pytest.raises(ValueError, match="<IMG_CONTEXT> is id 5 but the model expects 7"):
         Pipeline(tmp_path)
     assert load_tokenizer(folder).img_context_id == 5
+
+
+def test_tiles_follow_the_vits_image_size(tmp_path, image_file):
+    """A model trained on 224-px tiles (64 tokens each) gets 224-px tiles from the pipeline."""
+    InternVL.from_config(preset("tiny").replace(**{"vision.image_size": 224})).save_pretrained(tmp_path)
+    make_tokenizer(tmp_path)
+    pipe = Pipeline(tmp_path)
+    _, pixels, patches = pipe.prepare("What?", images=[image_file])
+    assert pixels.shape[-1] == 224 and pipe.model.num_image_token == 64
+    assert isinstance(pipe("What?", images=[image_file], max_new_tokens=3), str)

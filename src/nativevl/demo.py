@@ -13,6 +13,7 @@ Command: `nativevl demo [--out demo_out] [--pretrain-steps N] [--sft-steps N]` (
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -65,6 +66,6 @@ def run_demo(out: Path, pretrain_steps: int | None = None, sft_steps: int | None
     picture = world / "images" / record["image"]
     print(f"5. loss curves: {out / 'pretrain' / 'loss_curve.png'}, {out / 'sft' / 'loss_curve.png'}")
     print("   ask the model about a held-out picture (gold answer: " + str(record["answer"]) + "):")
-    print(f"   .venv/bin/nativevl chat {model} --image {picture} {json.dumps(question)}")
+    print(f"   .venv/bin/nativevl chat {model} --image {picture} {shlex.quote(question)}")
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min")
     return results

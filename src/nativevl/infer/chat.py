@@ -238,14 +238,15 @@ class Pipeline:
         if images and video is not None:
             raise ValueError("give images or a video, not both")
         dtype = next(self.model.parameters()).dtype
+        size = self.model.config.vision.image_size  # tiles are the ViT's size (448 for the released models)
         if video is not None:
-            pixels, patches = load_video(video, num_segments=num_segments)
+            pixels, patches = load_video(video, num_segments=num_segments, input_size=size)
             if IMAGE_PLACEHOLDER not in prompt:
                 prompt = video_prefix(len(patches)) + prompt
             return prompt, pixels.to(dtype), patches
         if not images:
             return prompt, None, None
-        tiles = [load_image(image, max_num=self.max_num) for image in images]
+        tiles = [load_image(image, input_size=size, max_num=self.max_num) for image in images]
         if IMAGE_PLACEHOLDER not in prompt and not history:
             prompt = image_prefix(len(tiles)) + prompt
         return prompt, torch.cat(tiles).to(dtype), [t.shape[0] for t in tiles]
