@@ -95,8 +95,13 @@ def _qwen2_from_vocab(folder: Path) -> Tokenizer:
     bad = [i for i, m in enumerate(merges) if len(m) != 2]
     if bad:
         raise TokenizerError(f"{merges_file}: line {bad[0] + 1} is not a merge of two symbols")
-    tok = Tokenizer(BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="",
-                        fuse_unk=False, byte_fallback=False))
+    return qwen2_pipeline(Tokenizer(BPE(vocab=vocab, merges=merges, continuing_subword_prefix="",
+                                        end_of_word_suffix="", fuse_unk=False, byte_fallback=False)))
+
+
+def qwen2_pipeline(tok: Tokenizer) -> Tokenizer:
+    """Qwen2's text handling around a BPE model (as transformers converts it): NFC, Qwen2's split regex, byte
+    level, byte-level decoding."""
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),

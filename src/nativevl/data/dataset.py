@@ -345,8 +345,3 @@ def build_pair(record: dict[str, Any], spec: DatasetSpec, tokenizer: InternVLTok
         conv = [{"from": "human", "value": record["question"]}, {"from": "gpt", "value": answer}]
         out.append(build_sample({**base, "conversations": conv}, spec, tokenizer, cfg, rng, source))
     return out[0], out[1]
-
-
-def supervised_tokens(sample: Sample) -> int:
-    return int((sample.labels != IGNORE_INDEX).sum())
-

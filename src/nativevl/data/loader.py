@@ -126,8 +126,10 @@ class TrainStream(IterableDataset):
     def __iter__(self):  # noqa: ANN204 - yields PackedBatch
         packer = Packer(self.cfg.max_tokens, self.cfg.max_tiles, self.cfg.max_buffers)
         draws: dict[int, int] = {}  # id(sample) -> its draw, for the samples held here
-        packer.buffers = [self._rebuild_row(group, draws) for group in self.pending]
-        queue = [self._rebuild_row(group, draws) for group in self.queued]  # rows made, not yet handed out
+        rebuilt = self._rebuild({g for group in self.pending + self.queued for g in group})
+        draws.update({id(sample): g for g, sample in rebuilt.items()})
+        packer.buffers = [[rebuilt[g] for g in group] for group in self.pending]
+        queue = [[rebuilt[g] for g in group] for group in self.queued]  # rows made, not yet handed out
         while True:
             while queue:
                 row = queue.pop(0)
@@ -153,21 +155,20 @@ class TrainStream(IterableDataset):
             queue = packer.add(sample)
             self.pending = [[draws[id(s)] for s in b] for b in packer.buffers]
 
-    def _rebuild_row(self, group: list[int], draws: dict[int, int]) -> list[Sample]:
-        row = [self._rebuild(g) for g in group]
-        draws.update({id(s): g for s, g in zip(row, group, strict=True)})
-        return row
-
-    def _rebuild(self, g: int) -> Sample:
-        """The sample of draw g again (the dataset choice and cursor are replayed from the start)."""
+    def _rebuild(self, wanted: set[int]) -> dict[int, Sample]:
+        """The samples of these draws again: one replay of the (cheap) draws from the start."""
         saved = (self.draw, list(self.cursors))
         self.draw, self.cursors = 0, [0] * len(self.specs)
-        while self.draw <= g:
-            draw, ds, index = self._next_draw()
+        picks = {}
+        while wanted and self.draw <= max(wanted):
+            g, ds, index = self._next_draw()
+            if g in wanted:
+                picks[g] = (ds, index)
         self.draw, self.cursors = saved
-        sample = self._build(draw, ds, index)
-        assert sample is not None, f"draw {g} built before but not now"
-        return sample
+        samples = {g: self._build(g, ds, index) for g, (ds, index) in picks.items()}
+        broken = [g for g, sample in samples.items() if sample is None]
+        assert not broken, f"draws {broken} built before but not now"
+        return samples
 
     def state_dict(self) -> dict[str, Any]:
         return {"draw": self.draw, "cursors": list(self.cursors), "pending": [list(p) for p in self.pending],

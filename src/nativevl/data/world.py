@@ -39,12 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
-from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 
 from nativevl.conversation import IMAGE_PLACEHOLDER, INTERNVL2_5_SYSTEM
-from nativevl.tokenizer import IM_END, IM_START, INTERNVL_TOKENS, QWEN2_SPLIT, load_tokenizer
+from nativevl.tokenizer import IM_END, IM_START, INTERNVL_TOKENS, load_tokenizer, qwen2_pipeline
 
 Scene = dict[str, Any]
 Record = dict[str, Any]
@@ -995,14 +995,7 @@ def tokenizer_corpus(data: Datasets) -> Iterator[str]:
 
 
 def train_tokenizer(texts: Iterable[str]) -> Tokenizer:
-    tok = Tokenizer(BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok = qwen2_pipeline(Tokenizer(BPE()))
     trainer = BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS,
                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
