@@ -71,3 +71,80 @@ def weighted_lm_loss(
     if denominator is None:
         denominator = shift_weights.sum()
     return (ce * shift_weights).sum() / torch.clamp_min(torch.as_tensor(denominator, device=ce.device), 1e-12)
+
+
+# --- MPO: preference (DPO sigmoid) + quality (BCO pair) + generation (SFT) losses, spec §9 ----------------------
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) summed log-probabilities of the supervised tokens (logits[t] predicts labels[t + 1]), as TRL's
+    `get_batch_logps` with `average_log_prob=False`."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE_INDEX
+    logps = torch.log_softmax(shift_logits, dim=-1)
+    picked = torch.gather(logps, 2, shift_labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(-1)
+
+
+def dpo_sigmoid_loss(chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, beta: float) -> torch.Tensor:
+    """(B,) -log σ(β (c - r)) with c, r = log π/π_ref of the chosen and rejected answers (label smoothing 0)."""
+    return -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
+
+
+def bco_pair_loss(chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, beta: float, delta: torch.Tensor | float
+                  ) -> torch.Tensor:
+    """(B,) -log σ(β c - δ) - log σ(-(β r - δ)): the chosen answer rewarded above the running reward mean δ,
+    the rejected one below it."""
+    return -F.logsigmoid(beta * chosen_ratio - delta) - F.logsigmoid(-(beta * rejected_ratio - delta))
+
+
+class RunningMean:
+    """The reward shift δ of the BCO-pair loss: the count-weighted mean of every batch-mean reward so far, over
+    all ranks (TRL's `RunningMoments`, whose variance the loss never reads). Its state is checkpointed."""
+
+    def __init__(self) -> None:
+        self.mean, self.count = 0.0, 1e-24  # TRL's initial state
+
+    def update(self, rewards: torch.Tensor) -> float:
+        """Fold in this step's rewards (a 1-d tensor per rank); returns the new mean."""
+        local = torch.stack([rewards.detach().float().mean(), torch.tensor(float(rewards.numel()))]).to(rewards.device)
+        if dist.is_available() and dist.is_initialized():
+            # every rank contributes its batch mean, as TRL gathers the per-rank scalars
+            gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, local)
+            means = torch.stack([g[0] for g in gathered])
+        else:
+            means = local[:1]
+        batch_mean, batch_count = float(means.mean()), float(means.numel())
+        total = self.count + batch_count
+        self.mean += (batch_mean - self.mean) * batch_count / total
+        self.count = total
+        return self.mean
+
+    def state_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.mean, self.count = float(state["mean"]), float(state["count"])
+
+
+def mpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, nll: torch.Tensor, running: RunningMean, beta: float = 0.1,
+             weights: tuple[float, float, float] = (0.8, 0.2, 1.0)) -> tuple[torch.Tensor, dict[str, float]]:
+    """The paper's MPO objective, mean over the pairs: w_p · DPO + w_q · BCO-pair + w_g · NLL(chosen).
+
+    `nll` is the token-mean cross-entropy of the chosen answers (the original's `rpo_alpha` term). δ is updated
+    with this batch's rewards before it is used, as TRL does."""
+    c, r = policy_chosen - ref_chosen, policy_rejected - ref_rejected
+    w_p, w_q, w_g = weights
+    losses = torch.zeros_like(c)
+    if w_p:
+        losses = losses + w_p * dpo_sigmoid_loss(c, r, beta)
+    if w_q:
+        delta = running.update(torch.cat([beta * c, beta * r]))
+        losses = losses + w_q * bco_pair_loss(c, r, beta, delta)
+    loss = losses.mean() + w_g * nll
+    stats = {"reward_chosen": float(beta * c.detach().mean()), "reward_rejected": float(beta * r.detach().mean()),
+             "reward_accuracy": float((c > r).float().mean()), "nll": float(nll.detach())}
+    return loss, stats
