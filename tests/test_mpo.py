@@ -4,6 +4,7 @@ taken from the code under test."""
 from __future__ import annotations
 
 import math
+import json
 import os
 import socket
 
@@ -35,7 +36,12 @@ def test_sequence_logps_sums_supervised_tokens_only() -> None:
 
     # logits[1] predicts labels[2] = 0, logits[2] predicts labels[3] = 2
     expected = logp([2.0, 0.0, 0.0], 0) + logp([0.0, 0.0, 3.0], 2)
-    assert sequence_logps(logits, labels).item() == pytest.approx(expected, abs=1e-6)
+    logps, counts = sequence_logps(logits, labels)
+    assert logps.item() == pytest.approx(expected, abs=1e-6) and counts.item() == 2
+    # the same two rows packed into one: per-segment sums
+    packed_logits, packed_labels = torch.cat([logits, logits], 1), torch.cat([labels, labels], 1)
+    sums, counts = sequence_logps(packed_logits, packed_labels, torch.tensor([0, 4, 8], dtype=torch.int32))
+    assert sums.tolist() == pytest.approx([expected, expected], abs=1e-6) and counts.tolist() == [2, 2]
 
 
 def test_dpo_sigmoid_hand_computed() -> None:
@@ -110,3 +116,117 @@ def test_running_mean_is_shared_by_all_ranks() -> None:
     for rank in (0, 1):
         assert out[rank][0] == pytest.approx(4.0)
         assert out[rank][1] == pytest.approx(3.0)
+
+
+# --- the MPO stage: pairs packed with shared tiles, the first step by hand, learning the preference -------------
+
+TINY = {"vision.image_size": 224, "vision.hidden_size": 32, "vision.intermediate_size": 64,
+        "vision.num_attention_heads": 2, "vision.num_hidden_layers": 2, "text.hidden_size": 32,
+        "text.intermediate_size": 64, "text.num_attention_heads": 2, "text.num_key_value_heads": 1,
+        "text.num_hidden_layers": 1}
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory):
+    """The embedded world and a tiny random checkpoint with its tokenizer: the policy's and reference's start."""
+    from nativevl.config import preset
+    from nativevl.data.world import generate_world
+    from nativevl.model.internvl import InternVL
+    from nativevl.tokenizer import load_tokenizer
+    from nativevl.weights import SIDECAR_FILES
+
+    root = tmp_path_factory.mktemp("mpo")
+    world = root / "world"
+    generate_world(world, seed=0, scale=0.05)
+    tok = load_tokenizer(world / "tokenizer")
+    torch.manual_seed(0)
+    config = preset("tiny").replace(**TINY, **{"text.vocab_size": len(tok), "img_context_token_id": tok.img_context_id})
+    model = InternVL.from_config(config)
+    model.save_pretrained(root / "start")
+    for name in SIDECAR_FILES:
+        if (world / "tokenizer" / name).is_file():
+            (root / "start" / name).write_bytes((world / "tokenizer" / name).read_bytes())
+    return world, root / "start"
+
+
+def mpo_config(world, checkpoint, out, **extra):
+    from nativevl.train.config import load_config
+
+    values = {"stage": "mpo", "steps": 2, "out": str(out), "progress": False, "precision": "fp32",
+              "model.checkpoint": str(checkpoint), "data.meta": str(world / "meta_mpo.json"),
+              "data.image_size": 224, "data.max_dynamic_patch": 2, "data.max_tokens": 1024, "data.max_tiles": 6,
+              "data.max_seq_length": 1024, "data.num_workers": 0, "data.v2pe": "off", "optim.lr": 1e-3,
+              "save_every": 100, "resume": False}
+    values.update(extra)
+    return load_config("sft", [f"{k}={json.dumps(v)}" for k, v in values.items()])
+
+
+def test_a_pair_is_one_sample_whose_tiles_are_encoded_once(start):
+    from nativevl.data.dataset import DataConfig, build_pair, pair_sample, read_lines, read_meta
+    from nativevl.data.packing import collate
+    from nativevl.model.internvl import InternVL
+    from nativevl.tokenizer import load_tokenizer
+
+    world, checkpoint = start
+    model = InternVL.from_pretrained(checkpoint).eval()
+    tok = load_tokenizer(checkpoint)
+    spec = read_meta(world / "meta_mpo.json")[0]
+    cfg = DataConfig(max_dynamic_patch=2, image_size=224, num_image_token=model.num_image_token)
+    line = json.loads(read_lines(spec)[0][1])
+    chosen, rejected = build_pair(line, spec, tok, cfg, __import__("random").Random(0))
+    batch = collate([pair_sample(chosen, rejected)], 4096)
+    assert batch.pixel_values.shape[0] == chosen.num_tiles  # stored once
+    assert batch.cu_seqlens.tolist() == [0, chosen.num_tokens, chosen.num_tokens + rejected.num_tokens]
+    encoded = []
+    hook = model.vision_model.register_forward_hook(lambda mod, args, out: encoded.append(args[0].shape[0]))
+    with torch.no_grad():
+        packed = model(batch.input_ids, pixel_values=batch.pixel_values, image_flags=batch.image_flags,
+                       position_ids=batch.position_ids, cu_seqlens=batch.cu_seqlens,
+                       feature_index=batch.feature_index).logits[0]
+        hook.remove()
+        alone = [model(s.input_ids[None], pixel_values=s.pixel_values, position_ids=s.position_ids[None]).logits[0]
+                 for s in (chosen, rejected)]
+    assert encoded == [chosen.num_tiles]  # one ViT pass for both answers
+    torch.testing.assert_close(packed, torch.cat(alone), atol=1e-5, rtol=1e-5)
+
+
+def test_the_first_mpo_step_is_1_2_ln2_plus_the_chosen_nll(start, tmp_path):
+    """At step 1 the policy is the reference: c = r = 0, so DPO = ln 2, BCO pair = 2 ln 2 (δ = 0), and the loss is
+    0.8 ln 2 + 0.2 · 2 ln 2 + the token-mean cross-entropy of the chosen answers, computed here one by one."""
+    import torch.nn.functional as F
+
+    from nativevl.model.internvl import InternVL
+    from nativevl.train.trainer import Trainer
+
+    world, checkpoint = start
+    trainer = Trainer(mpo_config(world, checkpoint, tmp_path / "run"))
+    batch = next(iter(trainer._stream(0, 1)))  # the trainer's first micro-batch (the order is deterministic)
+    model = InternVL.from_pretrained(checkpoint).eval()
+    bounds = batch.cu_seqlens.tolist()
+    ce_sum, count = 0.0, 0
+    with torch.no_grad():
+        for k in range(0, len(bounds) - 1, 2):  # chosen segments
+            a, b = bounds[k], bounds[k + 1]
+            ids, labels = batch.input_ids[:, a:b], batch.labels[:, a:b]
+            n_tiles = int((ids == model.config.img_context_token_id).sum()) // model.num_image_token
+            first = int((batch.input_ids[:, :a] == model.config.img_context_token_id).sum()) // model.num_image_token
+            index = batch.feature_index[first: first + n_tiles]
+            logits = model(ids, pixel_values=batch.pixel_values[index], position_ids=batch.position_ids[:, a:b]).logits
+            ce = F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="sum")
+            ce_sum, count = ce_sum + ce.item(), count + int((labels[0, 1:] != -100).sum())
+    metrics = trainer.train_step([batch])
+    assert metrics["loss"] == pytest.approx(1.2 * math.log(2) + ce_sum / count, rel=1e-5)
+    assert metrics["reward_chosen"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mpo_learns_the_preference_and_resumes_its_reward_mean(start, tmp_path):
+    from nativevl.train.trainer import Trainer, train
+
+    world, checkpoint = start
+    history = train(mpo_config(world, checkpoint, tmp_path / "run", steps=8, save_every=4, **{"optim.lr": 3e-3}))
+    margin = [h["reward_chosen"] - h["reward_rejected"] for h in history]
+    assert margin[-1] > margin[0] and history[-1]["reward_accuracy"] > 0.5
+    saved = json.loads(sorted((tmp_path / "run").glob("step-*/trainer.json"))[-1].read_text())["mpo_running"]
+    assert saved["count"] == pytest.approx(8)  # one batch mean per step folded in
+    resumed = Trainer(mpo_config(world, checkpoint, tmp_path / "run", steps=8, save_every=4, resume=True))
+    assert resumed.running.state_dict() == saved and resumed.reference is not None

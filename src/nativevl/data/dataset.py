@@ -76,6 +76,10 @@ class Sample:
     image_flags: torch.Tensor  # (T,) long: 1 real tile, 0 dummy
     source: str = ""  # "file:line"
     num_patches: list[int] = field(default_factory=list)  # tiles per image
+    # Attention segments within the sample (lengths; None: one). A preference pair is one sample of two segments,
+    # chosen then rejected, whose image tokens both read the same encoded tiles (`image_uses` = 2).
+    segments: list[int] | None = None
+    image_uses: int = 1
 
     @property
     def num_tokens(self) -> int:
@@ -345,3 +349,20 @@ def build_pair(record: dict[str, Any], spec: DatasetSpec, tokenizer: InternVLTok
         conv = [{"from": "human", "value": record["question"]}, {"from": "gpt", "value": answer}]
         out.append(build_sample({**base, "conversations": conv}, spec, tokenizer, cfg, rng, source))
     return out[0], out[1]
+
+
+def pair_sample(chosen: Sample, rejected: Sample) -> Sample:
+    """(chosen, rejected) -> one sample of two attention segments whose tiles are stored, and encoded, once."""
+    if not torch.equal(chosen.pixel_values, rejected.pixel_values):
+        raise ValueError(f"{chosen.source}: the two answers of a pair must share their tiles")
+    return Sample(
+        input_ids=torch.cat([chosen.input_ids, rejected.input_ids]),
+        labels=torch.cat([chosen.labels, rejected.labels]),
+        position_ids=torch.cat([chosen.position_ids, rejected.position_ids]),
+        pixel_values=chosen.pixel_values,
+        image_flags=chosen.image_flags,
+        source=chosen.source,
+        num_patches=chosen.num_patches,
+        segments=[chosen.num_tokens, rejected.num_tokens],
+        image_uses=2,
+    )

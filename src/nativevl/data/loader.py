@@ -28,8 +28,10 @@ from nativevl.data.dataset import (
     DatasetSpec,
     Sample,
     SkipRecord,
+    build_pair,
     build_sample,
     is_text_only,
+    pair_sample,
     read_lines,
     read_meta,
 )
@@ -47,6 +49,7 @@ class StreamConfig:
     max_tiles: int = 48
     max_buffers: int = 4
     log_skips: int = 20  # how many skipped records to log by file and line (all are counted)
+    pairs: bool = False  # preference records (question, chosen, rejected): one two-segment sample per pair
 
 
 class TrainStream(IterableDataset):
@@ -108,6 +111,8 @@ class TrainStream(IterableDataset):
             record = json.loads(text)
             if not isinstance(record, dict):
                 raise SkipRecord("the line is not a JSON object")
+            if self.cfg.pairs:
+                return pair_sample(*build_pair(record, spec, self.tokenizer, self.data, rng, source))
             return build_sample(record, spec, self.tokenizer, self.data, rng, source)
         except (SkipRecord, json.JSONDecodeError, KeyError, TypeError) as e:
             reason = str(e).split(" (")[0] if isinstance(e, SkipRecord) else f"{type(e).__name__}: {e}"

@@ -26,6 +26,8 @@ class PackedBatch:
     sources: list[str]
     max_tokens: int
     skipped: dict[str, int] = field(default_factory=dict)  # records skipped so far by this stream, by reason
+    # which encoded tile each image slot reads, in order (None: tile i feeds slot i); preference pairs read theirs twice
+    feature_index: torch.Tensor | None = None
 
     @property
     def num_samples(self) -> int:
@@ -41,9 +43,19 @@ class PackedBatch:
         return self.num_tokens / self.max_tokens
 
 
+def _feature_index(samples: list[Sample]) -> torch.Tensor | None:
+    if all(s.image_uses == 1 for s in samples):
+        return None
+    index, base = [], 0
+    for s in samples:
+        index += list(range(base, base + s.num_tiles)) * s.image_uses
+        base += s.num_tiles
+    return torch.tensor(index, dtype=torch.long)
+
+
 def collate(samples: list[Sample], max_tokens: int) -> PackedBatch:
-    lengths = [s.num_tokens for s in samples]
-    cu = torch.zeros(len(samples) + 1, dtype=torch.int32)
+    lengths = [n for s in samples for n in (s.segments or [s.num_tokens])]
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
     cu[1:] = torch.tensor(lengths).cumsum(0)
     return PackedBatch(
         input_ids=torch.cat([s.input_ids for s in samples])[None],
@@ -54,6 +66,7 @@ def collate(samples: list[Sample], max_tokens: int) -> PackedBatch:
         image_flags=torch.cat([s.image_flags for s in samples]),
         sources=[s.source for s in samples],
         max_tokens=max_tokens,
+        feature_index=_feature_index(samples),
     )
 
 

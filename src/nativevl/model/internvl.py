@@ -146,18 +146,23 @@ class InternVL(nn.Module):
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         image_flags: torch.Tensor | None = None,
+        feature_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token embeddings with every `<IMG_CONTEXT>` position replaced, in order, by the image features.
 
         Tiles are consumed in order, `num_image_token` positions each, across the flattened batch. Tiles whose
         `image_flags` is 0 (the dummy tile of a text-only sample) are encoded, keeping the ViT in the graph,
-        and then dropped.
+        and then dropped. `feature_index` lets several slots read one encoded tile (the two answers of a
+        preference pair): slot tile i takes encoded tile feature_index[i].
         """
         embeds = self.language_model.model.embed_tokens(input_ids)
         if pixel_values is None:
             return embeds  # a generated <IMG_CONTEXT> token is embedded as text, as transformers does
         selected = input_ids == self.config.img_context_token_id
         features = self.extract_feature(pixel_values)
+        if feature_index is not None:
+            features = features[feature_index]
+            image_flags = image_flags.reshape(-1)[feature_index] if image_flags is not None else None
         if image_flags is not None:
             flags = image_flags.reshape(-1)
             if flags.numel() != features.shape[0]:
@@ -186,14 +191,16 @@ class InternVL(nn.Module):
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
         cu_seqlens: torch.Tensor | None = None,
+        feature_index: torch.Tensor | None = None,
     ) -> Output:
         """input_ids (B, L); pixel_values (tiles, 3, H, W); attention_mask (B, past + L) of 1 = real token;
         position_ids (B, L), integer or fractional (V2PE); labels (B, L) with -100 = not learned;
-        cu_seqlens (n + 1,): the row holds n packed samples that do not attend to each other."""
+        cu_seqlens (n + 1,): the row holds n packed samples that do not attend to each other;
+        feature_index: which encoded tile each image slot reads (see `embed`)."""
         prompt = cache is None or cache.length == 0
         if pixel_values is None and prompt and bool((input_ids == self.config.img_context_token_id).any()):
             raise ValueError("the input has <IMG_CONTEXT> tokens but no pixel_values")
-        embeds = self.embed(input_ids, pixel_values, image_flags)
+        embeds = self.embed(input_ids, pixel_values, image_flags, feature_index)
         if position_ids is None and cu_seqlens is not None:
             starts = torch.repeat_interleave(cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long())
             position_ids = (torch.arange(input_ids.shape[1], device=input_ids.device) - starts.to(input_ids.device))[None]

@@ -60,9 +60,21 @@ class FreezeSpec:
 
 
 @dataclass
+class MPOSpec:
+    """Mixed preference optimisation (spec §9.4): w_p · DPO sigmoid + w_q · BCO pair + w_g · chosen-answer NLL."""
+
+    beta: float = 0.1  # TRL's default; the InternVL3 scripts do not set it
+    dpo_weight: float = 0.8  # `sigmoid_loss_weight`
+    bco_weight: float = 0.2  # `bco_pair_loss_weight`
+    sft_weight: float = 1.0  # `rpo_alpha`
+
+
+@dataclass
 class TrainConfig:
     name: str = "run"
-    stage: str = "pretrain"  # "pretrain" or "sft" (the same loop; the recipe sets the data and freezing)
+    # "pretrain" or "sft" (the same loop; the recipe sets the data and freezing), or "mpo" (preference pairs
+    # against a frozen reference loaded from model.checkpoint)
+    stage: str = "pretrain"
     out: str = "runs/run"  # checkpoints, metrics.jsonl, loss_curve.png, config.toml
     steps: int = 1000  # optimizer steps
     seed: int = 0
@@ -80,6 +92,7 @@ class TrainConfig:
     data: DataSpec = field(default_factory=DataSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)
     freeze: FreezeSpec = field(default_factory=FreezeSpec)
+    mpo: MPOSpec = field(default_factory=MPOSpec)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -76,15 +76,25 @@ def weighted_lm_loss(
 # --- MPO: preference (DPO sigmoid) + quality (BCO pair) + generation (SFT) losses, spec §9 ----------------------
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B,) summed log-probabilities of the supervised tokens (logits[t] predicts labels[t + 1]), as TRL's
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, cu_seqlens: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probabilities of the supervised tokens (logits[t] predicts labels[t + 1]) and their counts:
+    per row (B,), or per packed segment (n,) given `cu_seqlens` (n + 1,) of a one-row batch. As TRL's
     `get_batch_logps` with `average_log_prob=False`."""
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
     mask = shift_labels != IGNORE_INDEX
-    logps = torch.log_softmax(shift_logits, dim=-1)
-    picked = torch.gather(logps, 2, shift_labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return (picked * mask).sum(-1)
+    token = -F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.clamp_min(0).reshape(-1),
+                             reduction="none").view(shift_labels.shape) * mask
+    if cu_seqlens is None:
+        return token.sum(-1), mask.sum(-1)
+    # the target at position p belongs to the segment whose span holds p
+    targets = torch.arange(1, labels.shape[1], device=labels.device)
+    segment = torch.searchsorted(cu_seqlens[1:].to(labels.device, torch.long), targets, right=True)
+    n = cu_seqlens.numel() - 1
+    sums = torch.zeros(n, dtype=token.dtype, device=token.device).index_add(0, segment, token[0])
+    counts = torch.zeros(n, dtype=torch.long, device=token.device).index_add(0, segment, mask[0].long())
+    return sums, counts
 
 
 def dpo_sigmoid_loss(chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, beta: float) -> torch.Tensor:

@@ -4,6 +4,8 @@
   data mixed about 1:3, V2PE with a random δ per image, square-averaged loss, packed rows.
 - `sft`: supervised fine-tuning: the same loop on conversation data, JPEG augmentation (per dataset), square
   averaging, packing, V2PE.
+- `mpo`: mixed preference optimisation (InternVL3's scripts): 0.8 DPO + 0.2 BCO pair + 1.0 SFT loss against a
+  frozen reference loaded from the same checkpoint, on MMPR-style pairs; every module trainable.
 - `posthoc_warmup`, `posthoc_vit`: the conventional post-hoc recipe as a baseline (InternVL2.5 stages 1 and 1.5):
   frozen LLM, projector warm-up, then the ViT unfrozen.
 - `demo_pretrain`, `demo_sft`: the embedded world's tiny model, sized to train in minutes on a 2-core CPU.
@@ -35,6 +37,17 @@ def sft() -> TrainConfig:
         data=DataSpec(v2pe="random"),
         optim=OptimSpec(lr=2e-5),
         loss_reduction="square",
+    )
+
+
+def mpo() -> TrainConfig:
+    return TrainConfig(
+        name="mpo",
+        stage="mpo",
+        out="runs/mpo",
+        data=DataSpec(max_seq_length=12288),  # 8192 for 38B/78B
+        optim=OptimSpec(lr=2e-7),  # shell/internvl3.0/mpo: 1 epoch, warm-up 0.03, cosine, wd 0.05
+        drop_path_rate=0.1,  # 0.4 for 38B/78B
     )
 
 
@@ -95,5 +108,5 @@ def demo_sft() -> TrainConfig:
 
 
 RECIPES: dict[str, Callable[[], TrainConfig]] = {
-    f.__name__: f for f in (pretrain, sft, posthoc_warmup, posthoc_vit, demo_pretrain, demo_sft)
+    f.__name__: f for f in (pretrain, sft, mpo, posthoc_warmup, posthoc_vit, demo_pretrain, demo_sft)
 }

@@ -1,5 +1,5 @@
-"""The training loop for every stage (pre-training, SFT; the recipe decides data and freezing), on one CPU or
-on many GPUs through torchrun + FSDP2.
+"""The training loop for every stage (pre-training, SFT, MPO; the recipe decides data and freezing), on one CPU
+or on many GPUs through torchrun + FSDP2.
 
     nativevl train demo_pretrain --set steps=50            # one process
     torchrun --nproc_per_node 8 -m nativevl train pretrain --set data.meta=meta.json   # FSDP2
@@ -20,6 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -36,10 +37,20 @@ from nativevl.model.internvl import IGNORE_INDEX, InternVL
 from nativevl.tokenizer import IM_END, IM_START, load_tokenizer
 from nativevl.train import checkpoint as ckpt
 from nativevl.train.config import TrainConfig
-from nativevl.train.losses import reduce_denominator, token_weights, weighted_lm_loss
+from nativevl.train.losses import (
+    RunningMean,
+    mpo_loss,
+    reduce_denominator,
+    sequence_logps,
+    token_weights,
+    weighted_lm_loss,
+)
 from nativevl.weights import SIDECAR_FILES, read_state, save_state
 
 log = logging.getLogger("nativevl.train")
+
+
+STAGES = ("pretrain", "sft", "mpo")
 
 
 class TrainingError(RuntimeError):
@@ -116,8 +127,12 @@ class Trainer:
             template=self.model.config.template or "internvl2_5", system_message=cfg.data.system_message,
             v2pe=cfg.data.v2pe, v2pe_delta=cfg.data.v2pe_delta, min_num_frame=cfg.data.min_num_frame,
             max_num_frame=cfg.data.max_num_frame)
+        if cfg.stage not in STAGES:
+            raise TrainingError(f"stage must be one of {STAGES}, got {cfg.stage!r}")
         self.stream_cfg = StreamConfig(seed=cfg.seed, text_ratio=cfg.data.text_ratio, max_tokens=cfg.data.max_tokens,
-                                       max_tiles=cfg.data.max_tiles)
+                                       max_tiles=cfg.data.max_tiles, pairs=cfg.stage == "mpo")
+        self.reference = self._build_reference() if cfg.stage == "mpo" else None
+        self.running = RunningMean()  # MPO's BCO reward shift
         self.check_data()
         self._prepare_model()
         self.optimizer = self._build_optimizer()
@@ -130,6 +145,22 @@ class Trainer:
             self._resume()
 
     # --- set-up -----------------------------------------------------------------------------------------------
+
+    def _build_reference(self) -> InternVL:
+        """MPO's frozen reference: a second copy of the starting checkpoint, in eval mode (no drop path)."""
+        if not self.cfg.model.checkpoint:
+            raise TrainingError("stage mpo needs model.checkpoint: the policy and its reference start from it")
+        reference = InternVL.from_pretrained(self.cfg.model.checkpoint, dtype=torch.float32).to(self.dist.device)
+        reference.requires_grad_(False)
+        if self.dist.world > 1:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh(self.dist.device.type, (self.dist.world,))
+            for layer in [*reference.vision_model.encoder.layers, *reference.language_model.model.layers]:
+                fully_shard(layer, mesh=mesh)
+            fully_shard(reference, mesh=mesh)
+        return reference.eval()
 
     def _build_model(self) -> InternVL:
         spec = self.cfg.model
@@ -177,10 +208,12 @@ class Trainer:
         for _ in range(batches):
             batch = next(stream)
             bounds = batch.cu_seqlens.tolist()
+            per_sample = (len(bounds) - 1) // batch.num_samples  # 2 segments per preference pair
             for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
                 if bool((batch.labels[0, start:end] == IGNORE_INDEX).all()):
-                    raise TrainingError(f"{batch.sources[i]}: no supervised tokens")
-            real_tiles = int(batch.image_flags.sum())
+                    raise TrainingError(f"{batch.sources[i // per_sample]}: no supervised tokens")
+            flags = batch.image_flags if batch.feature_index is None else batch.image_flags[batch.feature_index]
+            real_tiles = int(flags.sum())
             context = int((batch.input_ids == tok.img_context_id).sum())
             if context != real_tiles * model.num_image_token:
                 raise TrainingError(f"a batch has {context} <IMG_CONTEXT> tokens for {real_tiles} tiles of "
@@ -228,20 +261,47 @@ class Trainer:
         enabled = self.cfg.precision == "bf16"
         return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def train_step(self, batches: list[PackedBatch]) -> dict[str, float]:
+    def _forward(self, model: InternVL, batch: PackedBatch) -> torch.Tensor:
+        device = self.dist.device
+        index = batch.feature_index.to(device) if batch.feature_index is not None else None
+        with self._autocast():
+            return model(batch.input_ids.to(device), pixel_values=batch.pixel_values.to(device),
+                         image_flags=batch.image_flags.to(device), position_ids=batch.position_ids.to(device),
+                         cu_seqlens=batch.cu_seqlens.to(device), feature_index=index).logits
+
+    def _lm_losses(self, batches: list[PackedBatch]) -> Iterator[tuple[torch.Tensor, dict[str, float]]]:
+        """Next-token loss per micro-batch; their sum is the weighted mean over every rank's micro-batches."""
         device = self.dist.device
         weights = [token_weights(b.labels, b.cu_seqlens, self.cfg.loss_reduction) for b in batches]
         local = torch.stack([w[:, 1:].sum() for w in weights]).sum().to(device)
         denominator = reduce_denominator(local)  # averaged across ranks: see train/losses.py
-        total = torch.zeros((), device=device)
         for batch, w in zip(batches, weights, strict=True):
-            with self._autocast():
-                out = self.model(batch.input_ids.to(device), pixel_values=batch.pixel_values.to(device),
-                                 image_flags=batch.image_flags.to(device), position_ids=batch.position_ids.to(device),
-                                 cu_seqlens=batch.cu_seqlens.to(device))
-            loss = weighted_lm_loss(out.logits, batch.labels.to(device), w.to(device), denominator)
+            logits = self._forward(self.model, batch)
+            yield weighted_lm_loss(logits, batch.labels.to(device), w.to(device), denominator), {}
+
+    def _mpo_losses(self, batches: list[PackedBatch]) -> Iterator[tuple[torch.Tensor, dict[str, float]]]:
+        """MPO per micro-batch (a packed row of pairs: segments chosen, rejected, chosen, ...), averaged."""
+        m, device = self.cfg.mpo, self.dist.device
+        for batch in batches:
+            labels, cu = batch.labels.to(device), batch.cu_seqlens.to(device)
+            logps, counts = sequence_logps(self._forward(self.model, batch), labels, cu)
+            with torch.no_grad():
+                ref, _ = sequence_logps(self._forward(self.reference, batch), labels, cu)
+            nll = -logps[0::2].sum() / counts[0::2].sum().clamp_min(1)  # token-mean CE of the chosen answers
+            loss, stats = mpo_loss(logps[0::2], logps[1::2], ref[0::2], ref[1::2], nll, self.running, beta=m.beta,
+                                   weights=(m.dpo_weight, m.bco_weight, m.sft_weight))
+            yield loss / len(batches), stats
+
+    def train_step(self, batches: list[PackedBatch]) -> dict[str, float]:
+        device = self.dist.device
+        total = torch.zeros((), device=device)
+        stats: dict[str, float] = {}
+        losses = self._mpo_losses(batches) if self.cfg.stage == "mpo" else self._lm_losses(batches)
+        for loss, micro in losses:
             loss.backward()
             total += loss.detach()
+            for key, value in micro.items():
+                stats[key] = stats.get(key, 0.0) + value / len(batches)
         if self.dist.world > 1:
             dist.all_reduce(total, op=dist.ReduceOp.SUM)
             total /= self.dist.world
@@ -271,7 +331,7 @@ class Trainer:
                 "samples": sum(b.num_samples for b in batches) * self.dist.world,
                 "efficiency": sum(b.efficiency for b in batches) / len(batches),
                 "skipped_records": sum(sum(b.skipped.values()) for b in batches),
-                "nonfinite_skipped": self.nonfinite_skipped}
+                "nonfinite_skipped": self.nonfinite_skipped, **stats}
 
     def run(self) -> list[dict[str, float]]:
         """Train to `steps`, checkpointing as configured; returns this process's metrics."""
@@ -327,7 +387,7 @@ class Trainer:
             (tmp / "config.toml").write_text(self.cfg.to_toml())
             (tmp / "trainer.json").write_text(json.dumps({
                 "step": self.step, "scheduler": self.scheduler.state_dict(),
-                "nonfinite_skipped": self.nonfinite_skipped}))
+                "nonfinite_skipped": self.nonfinite_skipped, "mpo_running": self.running.state_dict()}))
         rank_state = {"loaders": [loader.state_dict() for loader in self.loaders],
                       "python_rng": _jsonable(random.getstate()), "numpy_rng": _jsonable(np.random.get_state())}
         (tmp / f"rank{self.dist.rank}.json").write_text(json.dumps(rank_state))
@@ -373,6 +433,8 @@ class Trainer:
         trainer = json.loads((folder / "trainer.json").read_text())
         self.step, self.nonfinite_skipped = trainer["step"], trainer["nonfinite_skipped"]
         self.scheduler.load_state_dict(trainer["scheduler"])
+        if "mpo_running" in trainer:
+            self.running.load_state_dict(trainer["mpo_running"])
         rank_state = json.loads(rank_file.read_text())
         for loader, state in zip(self.loaders, rank_state["loaders"], strict=True):
             loader.load_state_dict(state)
