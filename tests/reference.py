@@ -147,3 +147,30 @@ def tiny_checkpoint(folder):
     image = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
     Image.fromarray(image).save(folder / "photo.png")
     return folder
+
+
+WORLD_TINY = {"vision.image_size": 224, "vision.hidden_size": 32, "vision.intermediate_size": 64,
+              "vision.num_attention_heads": 2, "vision.num_hidden_layers": 2, "text.hidden_size": 32,
+              "text.intermediate_size": 64, "text.num_attention_heads": 2, "text.num_key_value_heads": 1,
+              "text.num_hidden_layers": 1}
+
+
+def world_checkpoint(root, seed: int = 0):
+    """A small embedded world under root/world and a tiny random model with its tokenizer under root/start."""
+    from nativevl.config import preset
+    from nativevl.data.world import generate_world
+    from nativevl.model.internvl import InternVL
+    from nativevl.tokenizer import load_tokenizer
+    from nativevl.weights import SIDECAR_FILES
+
+    world = root / "world"
+    generate_world(world, seed=0, scale=0.05)
+    tok = load_tokenizer(world / "tokenizer")
+    torch.manual_seed(seed)
+    config = preset("tiny").replace(**WORLD_TINY, **{"text.vocab_size": len(tok),
+                                                     "img_context_token_id": tok.img_context_id})
+    InternVL.from_config(config).save_pretrained(root / "start")
+    for name in SIDECAR_FILES:
+        if (world / "tokenizer" / name).is_file():
+            (root / "start" / name).write_bytes((world / "tokenizer" / name).read_bytes())
+    return world, root / "start"

@@ -120,33 +120,12 @@ def test_running_mean_is_shared_by_all_ranks() -> None:
 
 # --- the MPO stage: pairs packed with shared tiles, the first step by hand, learning the preference -------------
 
-TINY = {"vision.image_size": 224, "vision.hidden_size": 32, "vision.intermediate_size": 64,
-        "vision.num_attention_heads": 2, "vision.num_hidden_layers": 2, "text.hidden_size": 32,
-        "text.intermediate_size": 64, "text.num_attention_heads": 2, "text.num_key_value_heads": 1,
-        "text.num_hidden_layers": 1}
-
-
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
     """The embedded world and a tiny random checkpoint with its tokenizer: the policy's and reference's start."""
-    from nativevl.config import preset
-    from nativevl.data.world import generate_world
-    from nativevl.model.internvl import InternVL
-    from nativevl.tokenizer import load_tokenizer
-    from nativevl.weights import SIDECAR_FILES
+    from reference import world_checkpoint
 
-    root = tmp_path_factory.mktemp("mpo")
-    world = root / "world"
-    generate_world(world, seed=0, scale=0.05)
-    tok = load_tokenizer(world / "tokenizer")
-    torch.manual_seed(0)
-    config = preset("tiny").replace(**TINY, **{"text.vocab_size": len(tok), "img_context_token_id": tok.img_context_id})
-    model = InternVL.from_config(config)
-    model.save_pretrained(root / "start")
-    for name in SIDECAR_FILES:
-        if (world / "tokenizer" / name).is_file():
-            (root / "start" / name).write_bytes((world / "tokenizer" / name).read_bytes())
-    return world, root / "start"
+    return world_checkpoint(tmp_path_factory.mktemp("mpo"))
 
 
 def mpo_config(world, checkpoint, out, **extra):

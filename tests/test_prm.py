@@ -1,0 +1,108 @@
+"""The process reward model's format and scoring, Best-of-N and the majority-vote baseline."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nativevl.conversation import expand_images
+from nativevl.data.image import load_image
+from nativevl.infer.prm import (
+    PRM_SYSTEM_PROMPT,
+    ProcessRewardModel,
+    best_of_n,
+    final_answer,
+    majority_vote,
+    prm_record,
+    prm_turns,
+    split_steps,
+)
+from nativevl.model.internvl import InternVL
+from nativevl.tokenizer import load_tokenizer
+
+
+def test_steps_split_on_blank_lines_and_group_to_max_steps():
+    text = "a\n\nb\n\n\n\nc\n\nd\n\ne"
+    assert split_steps(text) == ["a", "b", "c", "d", "e"]
+    # 5 pieces, at most 2 steps: chunks of ceil(5 / 2) = 3 pieces
+    assert split_steps(text, max_steps=2) == ["a\n\nb\n\nc", "d\n\ne"]
+    assert split_steps(text, max_steps=5) == ["a", "b", "c", "d", "e"]
+
+
+def test_prm_conversation_format():
+    turns = prm_turns("What is 2 + 2?", ["2 + 2 = 4.", "Answer: 4"], labels=[True, False])
+    assert turns == [("### Question:\n<image>\nWhat is 2 + 2?\n\n### Solution Process:\n2 + 2 = 4.", "+"),
+                     ("Answer: 4", "-")]
+    record = prm_record("<image>\nQ?", "s1\n\ns2", [True, True], image="a.png")
+    assert record["image"] == "a.png" and record["conversations"][0] == {"from": "system",
+                                                                         "value": PRM_SYSTEM_PROMPT}
+    assert [t["value"] for t in record["conversations"][1:]] == [
+        "### Question:\n<image>\nQ?\n\n### Solution Process:\ns1", "+", "s2", "+"]
+    with pytest.raises(ValueError, match="2 labels for 1 steps"):
+        prm_turns("Q", ["s"], labels=[True, False])
+
+
+def test_final_answer_and_majority_vote():
+    assert final_answer("x\n\nAnswer: 12.") == "12"
+    assert final_answer("just a line\nSeven") == "seven"
+    responses = ["s\n\nAnswer: 3", "t\n\nAnswer: 4", "u\n\nAnswer: 4", "v\n\nAnswer: 3"]
+    assert majority_vote(responses) == "s\n\nAnswer: 3"  # a tie goes to the first such answer
+    assert majority_vote(responses[1:]) == "t\n\nAnswer: 4"
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory):
+    from reference import world_checkpoint
+
+    world, checkpoint = world_checkpoint(tmp_path_factory.mktemp("prm"), seed=3)
+    model = InternVL.from_pretrained(checkpoint).eval()
+    tok = load_tokenizer(checkpoint)
+    image = sorted((world / "images" / "train" / "charts").glob("*.png"))[0]
+    return model, tok, load_image(image, input_size=224, max_num=2)
+
+
+def test_one_pass_scores_equal_one_prefix_pass_per_step(start):
+    """Each step's score, read from one forward pass, equals the next-token distribution of the conversation cut
+    just before that step's `+`, computed separately; normalised over {+, -} or over the vocabulary."""
+    model, tok, tiles = start
+    question = "<image>\nWhat is the total of all the bars?"
+    response = "The bars show 3 and 4.\n\nAdding them: 3 + 4 = 7.\n\nAnswer: 7"
+    plus, minus = tok.encode("+")[0], tok.encode("-")[0]
+    for normalize in ("pair", "vocab"):
+        prm = ProcessRewardModel(model, tok, normalize=normalize, aggregation="mean")
+        scores = prm.step_scores(question, response, tiles)
+        steps = response.split("\n\n")
+        assert len(scores) == 3
+        expected = []
+        for k in range(3):
+            text = f"<|im_start|>system\n{PRM_SYSTEM_PROMPT}<|im_end|>\n"
+            for i, (user, _) in enumerate(prm_turns(question, steps)):
+                text += f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+                if i == k:
+                    break
+                text += "+<|im_end|>\n"
+            ids = torch.tensor([tok.encode(expand_images(text, [tiles.shape[0]], model.num_image_token))])
+            with torch.no_grad():
+                logits = model(ids, pixel_values=tiles).logits[0, -1]
+            p = torch.softmax(logits, -1)
+            expected.append(float(p[plus] / (p[plus] + p[minus])) if normalize == "pair" else float(p[plus]))
+        assert scores == pytest.approx(expected, abs=1e-5)
+        total, _ = prm.score(question, response, tiles)
+        assert total == pytest.approx(sum(expected) / 3, abs=1e-5)
+    assert ProcessRewardModel(model, tok, aggregation="min").aggregate([0.5, 0.2, 0.9]) == 0.2
+    assert ProcessRewardModel(model, tok, aggregation="last").aggregate([0.5, 0.2, 0.9]) == 0.9
+
+
+def test_best_of_n_returns_every_sample_scored_best_first(start):
+    model, tok, tiles = start
+    prm = ProcessRewardModel(model, tok)
+    question = "What is the total of all the bars?"
+    candidates = best_of_n(model, tok, question, tiles, prm, n=4, max_new_tokens=12, seed=0)
+    assert len(candidates) == 4
+    assert [c.score for c in candidates] == sorted((c.score for c in candidates), reverse=True)
+    for c in candidates:
+        score, steps = prm.score(question, c.response, tiles)
+        assert math.isclose(score, c.score, abs_tol=1e-6) and steps == pytest.approx(c.step_scores, abs=1e-6)
+    assert len({c.response for c in candidates}) > 1  # sampled, not greedy
