@@ -37,6 +37,16 @@ def test_interactive_session_keeps_history(folder):
     assert "error: the prompt has" in done.stderr  # a bad turn is reported, the session goes on
 
 
+def test_best_of_n_prints_the_best_and_every_candidates_score(folder):
+    done = run(str(folder), "--image", str(folder / "photo.png"), "--max-new-tokens", "5", "--best-of", "3",
+               "--prm", str(folder), "--seed", "0", "Count the dots.")
+    assert done.returncode == 0, done.stderr
+    scores = [float(line.split("score ")[1].split(",")[0]) for line in done.stderr.splitlines()
+              if line.startswith("# candidate")]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert "# majority vote:" in done.stderr and done.stdout.strip()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

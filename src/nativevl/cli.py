@@ -1,6 +1,7 @@
 """The `nativevl` command. It only parses arguments; each command is a Python function you can call.
 
   nativevl chat MODEL [--image P]... [--video P] [--max-num N] [--dtype bfloat16] [PROMPT]
+  nativevl chat MODEL --image P --best-of 8 --prm PRM_MODEL PROMPT
   nativevl convert SRC DST --layout transformers [--dtype bfloat16] [--max-shard-size 5GB]
   nativevl demo [--out DIR]
   nativevl world generate OUT [--seed 0] [--scale 1.0]
@@ -30,6 +31,26 @@ def cmd_convert(args: argparse.Namespace) -> None:
           f"{time.perf_counter() - t0:.1f} s")
 
 
+def best_of(pipe, args: argparse.Namespace) -> None:  # noqa: ANN001 - a Pipeline
+    """Best-of-N: the best of N sampled answers by the PRM's score; every candidate's scores on stderr."""
+    from nativevl.infer.prm import ProcessRewardModel, best_of_n, final_answer, majority_vote
+
+    if args.prompt is None or not args.prm:
+        raise ValueError("--best-of needs --prm PRM_MODEL and a PROMPT")
+    prm = ProcessRewardModel(args.prm, aggregation=args.prm_aggregation)
+    question, pixels, patches = pipe.prepare(args.prompt, args.image, args.video, args.num_segments)
+    candidates = best_of_n(pipe.model, pipe.tokenizer, question, pixels, prm, n=args.best_of,
+                           temperature=args.temperature or 0.7, top_p=args.top_p if args.top_p < 1 else 0.95,
+                           max_new_tokens=args.max_new_tokens, num_patches_list=patches, seed=args.seed)
+    print(candidates[0].response)
+    for i, c in enumerate(candidates):
+        steps = " ".join(f"{s:.3f}" for s in c.step_scores)
+        print(f"# candidate {i + 1}: score {c.score:.4f}, answer {final_answer(c.response)!r}, steps [{steps}]",
+              file=sys.stderr)
+    vote = final_answer(majority_vote([c.response for c in candidates]))
+    print(f"# majority vote: {vote!r}", file=sys.stderr)
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     from nativevl.infer.chat import Pipeline, stream_chat
 
@@ -41,6 +62,9 @@ def cmd_chat(args: argparse.Namespace) -> None:
                     temperature=args.temperature or 1.0, top_p=args.top_p, top_k=args.top_k,
                     repetition_penalty=args.repetition_penalty, stop_strings=args.stop, seed=args.seed)
     history: list[tuple[str, str]] = []
+    if args.best_of:
+        best_of(pipe, args)
+        return
 
     def answer(prompt: str) -> None:
         question, pixels, patches = pipe.prepare(prompt, args.image, args.video, args.num_segments, history)
@@ -139,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--v2pe-delta", type=float, help="V2PE: position step of visual tokens (default: integer "
                    "positions, as the released models were run)")
     p.add_argument("--system", help="system message (default: the checkpoint's, else the template's)")
+    p.add_argument("--best-of", type=int, metavar="N", help="sample N answers (temperature default 0.7, top-p "
+                   "0.95) and print the one the process reward model (--prm) scores highest")
+    p.add_argument("--prm", metavar="PATH", help="process reward model checkpoint folder for --best-of")
+    p.add_argument("--prm-aggregation", choices=["mean", "min", "last"], default="mean",
+                   help="how step scores make a solution's score (default mean, as VisualPRM)")
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("convert", help="rewrite a checkpoint in the original or the transformers layout")
