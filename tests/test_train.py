@@ -153,4 +153,6 @@ def test_two_processes_equal_one_process(world, tmp_path):
         assert abs(a[step] - b[step]) < 1e-6, (step, a[step], b[step])
     wa = load_file(tmp_path / "one" / "final" / "model.safetensors")
     wb = load_file(tmp_path / "two" / "final" / "model.safetensors")
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
+    # fp32 sums in another order (all-reduce vs one process) differ in the last bits; Adam's normalised update
+    # can carry such a difference to ~1e-6 on a weight whose gradient is near zero
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5

@@ -110,7 +110,9 @@ def test_meta_files_follow_internvl(out, data):
         for name, (entry, recs) in data[stage].items():
             assert set(entry) <= {"root", "annotation", "data_augment", "repeat_time", "length", "max_dynamic_patch"}
             assert entry["annotation"].endswith(".jsonl") and (out / entry["annotation"]).is_file()
-            assert (out / entry["root"]).is_dir() and entry["repeat_time"] == 1
+            # object pictures (cheap, one tile) repeat 3 times in training; everything else once
+            expected_repeat = 3 if name.startswith("objects") and stage != "eval" else 1
+            assert (out / entry["root"]).is_dir() and entry["repeat_time"] == expected_repeat, name
             has_images = any("image" in r for r in recs)
             assert entry["data_augment"] is (has_images and stage != "eval"), name
             if has_images:
@@ -221,6 +223,10 @@ def expected_answer(qa: dict, scenes: list[dict]) -> str | None:
     task = qa["task"]
     shapes = scene.get("shapes", [])
     at = {place_of(s, scene): s for s in shapes}
+    if task == "object_colour":
+        return shapes[0]["colour"]
+    if task == "object_shape":
+        return shapes[0]["shape"]
     if task == "count_shape":
         return str(sum(s["shape"] == qa["shape"] for s in shapes))
     if task == "count_colour":
@@ -364,7 +370,7 @@ def test_images_show_what_their_scene_says(out, data):
                 # the rendered string is exactly the answer text: drawing it ourselves gives the same pixels
                 assert same_pixels(im, draw_text_like_ocr(scene)), r["id"]
                 assert " ".join(line["text"] for line in scene["lines"]).strip()
-    assert set(kinds) == {"shapes", "ocr", "chart"}
+    assert set(kinds) == {"object", "shapes", "ocr", "chart"}
 
 
 # ---------------------------------------------------------------------------------------------- splits

@@ -2,12 +2,12 @@
 
 1. generate the world (images, conversations, preference pairs, held-out splits) and its tokenizer;
 2. natively pre-train a tiny InternVL3-architecture model: ViT, projector and LLM together, text and images
-   mixed 1:3, V2PE with a random δ per image, square-averaged loss, packed rows;
+   mixed 1:3, square-averaged loss, packed rows (V2PE off at this toy scale: see `train/recipes.py`);
 3. fine-tune it (SFT) on the world's conversations;
 4. score it on held-out questions per question type, next to a most-frequent-answer baseline;
 5. print the `nativevl chat` command that asks it about a held-out picture.
 
-Command: `nativevl demo [--out demo_out] [--pretrain-steps N] [--sft-steps N]` (about 10 minutes on 2 cores).
+Command: `nativevl demo [--out demo_out] [--pretrain-steps N] [--sft-steps N]` (about 12 minutes on 2 cores).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ original InternVL training formats, so that a tiny InternVL can be pre-trained, 
 
 Call `generate_world(out, seed=0, scale=1.0)`. It writes, under `out`:
 
-- `images/{train,val,test}/{shapes,ocr,charts}/NNNNNN.png`: PIL-drawn PNGs of varied sizes (64..512 px) and
-  aspect ratios (1:4..4:1): coloured shapes in a 3x3 grid of places, rendered words / numbers, bar charts.
+- `images/{train,val,test}/{objects,shapes,ocr,charts}/NNNNNN.png`: PIL-drawn PNGs of varied sizes (64..512 px)
+  and aspect ratios (1:4..4:1): one large shape (an "object", for colour and shape recognition), coloured shapes
+  in a 3x3 grid of places, rendered words / numbers, bar charts.
 - `annotations/{pretrain,sft,mpo,eval}/*.jsonl`: one JSON object per line, InternVL's chat format
   (`id`, `image` / `width` / `height` or `image` list / `width_list` / `height_list`, `conversations`), MMPR's
   preference format (`image`, `question`, `chosen`, `rejected`, `answer_gt`) for MPO, and the chat format plus a
@@ -97,14 +98,16 @@ RATIOS = (1 / 4, 1 / 3, 1 / 2, 2 / 3, 3 / 4, 1.0, 4 / 3, 3 / 2, 2.0, 3.0, 4.0)
 
 SPLITS = ("train", "val", "test")
 # Images per split at scale 1.0; records are derived from these (a few thousand in all).
-BASE_IMAGES = {"shapes": (600, 60, 60), "ocr": (300, 30, 30), "charts": (300, 30, 30)}
+BASE_IMAGES = {"objects": (400, 60, 60), "shapes": (600, 60, 60), "ocr": (300, 30, 30), "charts": (300, 30, 30)}
 MIN_IMAGES = 4  # per split and kind, so that multi-image groups can always be drawn
 SHORT_PROMPT = "Answer the question using a single word or phrase."
 COT_PROMPT = "Answer step by step, then give the final answer on the last line as \"Answer: \" and the answer."
 SYSTEM_PROMPT = "You are a helpful assistant who answers questions about simple pictures of shapes, words and charts."
 # Tiles per image: images are at most 512 px, so a few 448-px tiles already keep their detail, and every tile
 # costs 256 image tokens in CPU training. Multi-image records split the budget between their images.
-MAX_PATCH = {"shapes": 4, "ocr": 4, "charts": 4, "multi": 2}
+# Object pictures are cheap (one tile) and recognition needs many of them: their datasets repeat 3 times.
+REPEAT = {"objects": 3}
+MAX_PATCH = {"objects": 1, "shapes": 4, "ocr": 4, "charts": 4, "multi": 2}  # one large object needs no tiling
 
 
 @dataclass(frozen=True)
@@ -188,9 +191,10 @@ def shape_name(s: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- scenes
 
 
-def random_size(rng: random.Random, min_short: int, min_long: int, max_long: int = 512) -> tuple[int, int]:
-    """(width, height) with an aspect ratio from 1:4 to 4:1 and sides in [min_short, max_long]."""
-    ratio = rng.choice(RATIOS)
+def random_size(rng: random.Random, min_short: int, min_long: int, max_long: int = 512,
+                ratios: tuple[float, ...] = RATIOS) -> tuple[int, int]:
+    """(width, height) with an aspect ratio from `ratios` (1:4 to 4:1) and sides in [min_short, max_long]."""
+    ratio = rng.choice(ratios)
     long = rng.randint(min_long, max_long)
     short = max(min_short, round(long * min(ratio, 1 / ratio)))
     return (long, short) if ratio >= 1 else (short, long)
@@ -218,6 +222,17 @@ def shapes_scene(rng: random.Random) -> Scene:
                        "x": x, "y": y, "r": r})
     return {"kind": "shapes", "width": width, "height": height, "background": rng.choice(sorted(BACKGROUNDS)),
             "texture": random_texture(rng), "shapes": shapes}
+
+
+def object_scene(rng: random.Random) -> Scene:
+    """One large shape anywhere on a (possibly textured) background: colour and shape recognition without the
+    binding to a place that the 3x3 scenes ask for."""
+    width, height = random_size(rng, 96, 128, 384, ratios=(3 / 4, 1.0, 4 / 3))  # one tile: little squashing
+    r = max(12, round(min(width, height) * rng.uniform(0.25, 0.4)))
+    x, y = rng.randint(r + 1, width - r - 1), rng.randint(r + 1, height - r - 1)
+    colour, shape = rng.choice(sorted(COLOURS)), rng.choice(SHAPES)
+    return {"kind": "object", "width": width, "height": height, "background": rng.choice(sorted(BACKGROUNDS)),
+            "texture": random_texture(rng), "shapes": [{"shape": shape, "colour": colour, "x": x, "y": y, "r": r}]}
 
 
 @lru_cache(maxsize=64)
@@ -371,8 +386,32 @@ def render_chart(scene: Scene) -> Image.Image:
 def render_scene(scene: Scene) -> Image.Image:
     """The RGB image a scene spec describes (deterministic: the same spec always gives the same pixels)."""
     renderers: dict[str, Callable[[Scene], Image.Image]] = {
-        "shapes": render_shapes, "ocr": render_ocr, "chart": render_chart}
+        "object": render_shapes, "shapes": render_shapes, "ocr": render_ocr, "chart": render_chart}
     return renderers[scene["kind"]](scene)
+
+
+# ---------------------------------------------------------------------------------------------- object questions
+
+
+def object_caption(scene: Scene, rng: random.Random) -> str:
+    s, bg = scene["shapes"][0], scene["background"]
+    return rng.choice((f"{capital(a(shape_name(s)))} on a {bg} background.", f"The picture shows {a(shape_name(s))}.",
+                       f"There is {a(shape_name(s))} in this image."))
+
+
+def qa_object_colour(scene: Scene, rng: random.Random) -> QA:
+    s = scene["shapes"][0]
+    q = rng.choice(("What colour is the shape?", "What colour is the object in the picture?"))
+    return QA("object_colour", q, s["colour"], f"The {s['shape']} is {s['colour']}.", {})
+
+
+def qa_object_shape(scene: Scene, rng: random.Random) -> QA:
+    s = scene["shapes"][0]
+    q = rng.choice(("What shape is in the picture?", "What shape is this?"))
+    return QA("object_shape", q, s["shape"], f"It is {a(s['shape'])}.", {})
+
+
+OBJECT_QUESTIONS = (qa_object_colour, qa_object_shape)
 
 
 # ---------------------------------------------------------------------------------------------- shapes questions
@@ -792,7 +831,7 @@ def stream(seed: int, *names: str) -> random.Random:
 def make_images(out: Path, seed: int, scale: float) -> dict[str, dict[str, list[Img]]]:
     """Draws and writes every image; split -> kind -> images. A scene seen in an earlier split is redrawn, so
     val/test never repeat a train image."""
-    makers = {"shapes": shapes_scene, "ocr": ocr_scene, "charts": chart_scene}
+    makers = {"objects": object_scene, "shapes": shapes_scene, "ocr": ocr_scene, "charts": chart_scene}
     seen: set[str] = set()
     images: dict[str, dict[str, list[Img]]] = {split: {} for split in SPLITS}
     for kind, counts in BASE_IMAGES.items():
@@ -815,9 +854,17 @@ def make_images(out: Path, seed: int, scale: float) -> dict[str, dict[str, list[
 
 def pretrain_sets(images: dict[str, list[Img]], rng: random.Random) -> dict[str, list[Record]]:
     """Captions, short QA with sentence answers, OCR and chart descriptions, plus world text at ~1:3."""
-    sets: dict[str, list[Record]] = {"shapes_caption": [], "shapes_qa": [], "ocr_text": [], "chart_text": []}
+    sets: dict[str, list[Record]] = {"objects_text": [], "shapes_caption": [], "shapes_qa": [], "ocr_text": [],
+                                     "chart_text": []}
     prompts = ("Describe the image.", "What is in this picture?", "Describe the image briefly.",
                "Write a caption for this image.")
+    for i, im in enumerate(images["objects"]):
+        if rng.random() < 0.5:
+            turn, meta = (rng.choice(prompts), object_caption(im.scene, rng)), {"task": "caption"}
+        else:
+            qa = rng.choice(OBJECT_QUESTIONS)(im.scene, rng)
+            turn, meta = (qa.question, qa.sentence), qa.meta()
+        sets["objects_text"].append(image_record(f"objects_text-{i:06d}", [im], [turn], [meta]))
     for i, im in enumerate(images["shapes"]):
         sets["shapes_caption"].append(image_record(f"shapes_caption-{i:06d}", [im],
                                                    [(rng.choice(prompts), caption(im.scene, rng))],
@@ -859,8 +906,15 @@ def shapes_turns(scene: Scene, rng: random.Random) -> tuple[list[tuple[str, str]
 
 
 def sft_sets(images: dict[str, list[Img]], rng: random.Random, n_text: int) -> dict[str, list[Record]]:
-    sets: dict[str, list[Record]] = {"shapes_vqa": [], "ocr_vqa": [], "chart_vqa": [], "multi_image": [],
-                                     "reasoning": []}
+    sets: dict[str, list[Record]] = {"objects_vqa": [], "shapes_vqa": [], "ocr_vqa": [], "chart_vqa": [],
+                                     "multi_image": [], "reasoning": []}
+    for i, im in enumerate(images["objects"]):
+        turns, metas = [], []
+        for maker in rng.sample(OBJECT_QUESTIONS, rng.choice((1, 2))):
+            qa, short = maker(im.scene, rng), rng.random() < 0.5
+            turns.append((with_prompt(qa.question, SHORT_PROMPT), qa.answer) if short else (qa.question, qa.sentence))
+            metas.append(qa.meta())
+        sets["objects_vqa"].append(image_record(f"objects_vqa-{i:06d}", [im], turns, metas))
     for i, im in enumerate(images["shapes"]):
         turns, metas = shapes_turns(im.scene, rng)
         system = SYSTEM_PROMPT if rng.random() < 0.05 else None  # a few records carry a system turn
@@ -902,8 +956,8 @@ def mpo_sets(images: dict[str, list[Img]], rng: random.Random) -> dict[str, list
 
 def eval_sets(split: str, images: dict[str, list[Img]], rng: random.Random) -> dict[str, list[Record]]:
     """Held-out questions with a short gold `answer`: short-phrase prompts, or step-by-step ones."""
-    sets: dict[str, list[Record]] = {f"{k}_{split}": [] for k in ("shapes_vqa", "ocr_vqa", "chart_vqa",
-                                                                   "multi_image", "reasoning")}
+    sets: dict[str, list[Record]] = {f"{k}_{split}": [] for k in ("objects_vqa", "shapes_vqa", "ocr_vqa",
+                                                                   "chart_vqa", "multi_image", "reasoning")}
 
     def add(name: str, group: list[Img], q: QA | Cot) -> None:
         records = sets[f"{name}_{split}"]
@@ -913,6 +967,8 @@ def eval_sets(split: str, images: dict[str, list[Img]], rng: random.Random) -> d
         records.append(image_record(f"{name}_{split}-{len(records):06d}", group, [turn],
                                     [{**q.meta(), "cot": cot}], answer=q.answer))
 
+    for im in images["objects"]:
+        add("objects_vqa", [im], rng.choice(OBJECT_QUESTIONS)(im.scene, rng))
     for im in images["shapes"]:
         add("shapes_vqa", [im], ask(rng, im.scene, SHAPE_QUESTIONS))
     for im in images["ocr"]:
@@ -946,7 +1002,7 @@ def dumps(obj: Any) -> str:
 
 def max_patch(name: str) -> int:
     """The `max_dynamic_patch` of a dataset, by the kind of image its name says it holds."""
-    for prefix, kind in (("multi", "multi"), ("ocr", "ocr"), ("chart", "charts")):
+    for prefix, kind in (("multi", "multi"), ("ocr", "ocr"), ("chart", "charts"), ("objects", "objects")):
         if name.startswith(prefix):
             return MAX_PATCH[kind]
     return MAX_PATCH["shapes"]
@@ -962,7 +1018,8 @@ def write_stage(out: Path, stage: str, sets: dict[str, list[Record]], augment: b
         path.write_text("".join(dumps(r) + "\n" for r in records), encoding="utf-8")
         has_images = any("image" in r for r in records)
         entry: dict[str, Any] = {"root": "images", "annotation": path.relative_to(out).as_posix(),
-                                 "data_augment": augment and has_images, "repeat_time": 1, "length": len(records)}
+                                 "data_augment": augment and has_images, "length": len(records),
+                                 "repeat_time": REPEAT.get(name.split("_")[0], 1) if stage != "eval" else 1}
         if has_images:
             entry["max_dynamic_patch"] = max_patch(name)
         meta[name] = entry

@@ -23,8 +23,10 @@ from nativevl.tokenizer import load_tokenizer
 
 # question types grouped the way the demo reports them
 GROUPS = {
-    "colour": ("colour_at", "colour_of"),
-    "shape": ("shape_at", "what_at"),
+    "colour": ("object_colour",),  # recognition: the colour of a picture's one object
+    "shape": ("object_shape",),
+    "binding": ("colour_at", "colour_of", "shape_at", "what_at"),  # an attribute tied to a place or a shape
+
     "count": ("count_all", "count_shape", "count_colour"),
     "position": ("where", "further_left", "above", "exists"),
     "ocr": ("ocr_word", "ocr_read", "ocr_number"),
