@@ -61,11 +61,13 @@ def run_demo(out: Path, pretrain_steps: int | None = None, sft_steps: int | None
     print(format_table(results))
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
-    record = json.loads((world / "annotations/eval/shapes_vqa_test.jsonl").read_text().splitlines()[0])
+    # an object picture: one tile, as in training and evaluation (the checkpoint's default would tile it)
+    lines = (world / "annotations/eval/objects_vqa_test.jsonl").read_text().splitlines()
+    record = next(r for r in map(json.loads, lines) if r["meta"]["qa"][0]["task"] == "object_colour")
     question = record["conversations"][0]["value"].replace("<image>\n", "")
     picture = world / "images" / record["image"]
     print(f"5. loss curves: {out / 'pretrain' / 'loss_curve.png'}, {out / 'sft' / 'loss_curve.png'}")
     print("   ask the model about a held-out picture (gold answer: " + str(record["answer"]) + "):")
-    print(f"   .venv/bin/nativevl chat {model} --image {picture} {shlex.quote(question)}")
+    print(f"   .venv/bin/nativevl chat {model} --image {picture} --max-num 1 {shlex.quote(question)}")
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min")
     return results
