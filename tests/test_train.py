@@ -96,6 +96,11 @@ def test_killed_run_resumes_with_the_same_losses(world, tmp_path):
     assert InternVL.from_pretrained(tmp_path / "killed" / "step-0000006").config.vision.image_size == 224
 
 
+def test_the_saved_config_tiles_as_the_data_did(world, tmp_path):
+    Trainer(config(world, tmp_path / "run", steps=1, **{"data.max_dynamic_patch": 3})).run()
+    assert InternVL.from_pretrained(tmp_path / "run" / "final").config.max_dynamic_patch == 3
+
+
 def test_corrupted_checkpoint_falls_back_to_the_previous(world, tmp_path, caplog):
     Trainer(config(world, tmp_path, steps=4)).run()
     latest = tmp_path / "step-0000004" / "model.safetensors"

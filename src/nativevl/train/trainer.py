@@ -180,6 +180,8 @@ class Trainer:
             for layer, rate in zip(model.vision_model.encoder.layers, rates, strict=True):
                 layer.drop_path1.rate = layer.drop_path2.rate = rate
             model.config.vision.drop_path_rate = self.cfg.drop_path_rate
+        # chat and Pipeline tile images as the model was trained (the original writes its data args into the config)
+        model.config.max_dynamic_patch = self.cfg.data.max_dynamic_patch
         return model.to(self.dist.device)
 
     def _stream(self, rank: int, world: int) -> TrainStream:
