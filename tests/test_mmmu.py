@@ -95,3 +95,40 @@ def test_reads_the_local_mmmu_layout_and_names_bad_lines(tmp_path):
     (tmp_path / "Art.jsonl").write_text(json.dumps({**records[0], "options": "not a list ("}) + "\n")
     with pytest.raises(DatasetError, match=r"Art.jsonl:1: 'options' is not a list"):
         read_questions(tmp_path)
+
+
+def test_nativevl_eval_on_a_local_mmmu_folder(tmp_path):
+    import subprocess
+    import sys
+
+    from reference import tiny_checkpoint
+
+    from nativevl.infer.chat import Pipeline, chat
+
+    folder = tiny_checkpoint(tmp_path / "ckpt")
+    data = tmp_path / "mmmu"
+    data.mkdir()
+    Image.new("RGB", (60, 40), (0, 0, 255)).save(data / "blue.png")
+    records = [{"id": f"validation_Art_{i}", "question": f"<image 1> Question {i}?", "options": "['red', 'blue']",
+                "answer": "B", "question_type": "multiple-choice", "image_1": "blue.png"} for i in range(2)]
+    records.append({"id": "validation_Art_3", "question": "How many?", "options": "[]", "answer": "3",
+                    "question_type": "open"})
+    (data / "Art.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "nativevl", "eval", str(folder), "--mmmu", str(data), "--out",
+                           str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    saved = json.loads(out.read_text())
+    assert saved["accuracy"]["overall"]["n"] == 3 and "Art" in done.stdout
+    pipe = Pipeline(folder, max_num=6)  # nativevl eval's default, as the original script
+    for row, q in zip(saved["results"], read_questions(data), strict=True):
+        # the same greedy reply as the Python API gives for the original prompt, scored by the same rules
+        tiles = pipe.prepare(q.prompt, q.images)[1]
+        assert row["reply"] == chat(pipe.model, pipe.tokenizer, tiles, q.prompt,
+                                    {"max_new_tokens": 10, "min_new_tokens": 1})
+        assert row["correct"] == is_correct(q, row["reply"])
+    assert saved["accuracy"]["overall"]["accuracy"] == pytest.approx(sum(r["correct"] for r in saved["results"]) / 3)
+    (data / "Art.jsonl").write_text("{not json\n")
+    bad = subprocess.run([sys.executable, "-m", "nativevl", "eval", str(folder), "--mmmu", str(data)],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "Art.jsonl:1: not JSON" in bad.stderr

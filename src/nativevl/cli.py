@@ -4,6 +4,7 @@
   nativevl chat MODEL --image P --best-of 8 --prm PRM_MODEL PROMPT
   nativevl convert SRC DST --layout transformers [--dtype bfloat16] [--max-shard-size 5GB]
   nativevl demo [--out DIR]
+  nativevl eval MODEL (--mmmu DIR | --world WORLD_DIR) [--best-of N --prm PRM] [--out results.json]
   nativevl world generate OUT [--seed 0] [--scale 1.0]
   nativevl train RECIPE_OR_TOML [--set key=value]...
 """
@@ -128,6 +129,38 @@ def cmd_world(args: argparse.Namespace) -> None:
         print(f"  {key}: {value}")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    import json
+
+    if bool(args.mmmu) == bool(args.world):
+        raise ValueError("give one of --mmmu DIR or --world WORLD_DIR")
+    if args.best_of > 1 and not args.prm:
+        raise ValueError("--best-of needs --prm PRM_MODEL")
+    if args.world:
+        from nativevl.eval.world import evaluate_world, format_table
+
+        world = Path(args.world)
+        table = evaluate_world(args.model, world / "meta_eval.json", world / "meta_sft.json", limit=args.limit)
+        print(format_table(table))
+        rows: list = []
+    else:
+        from nativevl.eval.mmmu import evaluate_mmmu, read_questions
+        from nativevl.infer.chat import Pipeline
+        from nativevl.infer.prm import ProcessRewardModel
+
+        questions = read_questions(args.mmmu)[: args.limit]
+        pipe = Pipeline(args.model, dtype=DTYPES.get(args.dtype), device=args.device)
+        prm = ProcessRewardModel(args.prm) if args.prm else None
+        table, rows = evaluate_mmmu(pipe.model, pipe.tokenizer, questions, args.max_num, args.max_new_tokens, prm,
+                                    args.best_of, progress=True)
+        print(f"{'subject':<32} {'n':>5} {'accuracy':>9}")
+        for subject, r in table.items():
+            print(f"{subject:<32} {r['n']:>5} {100 * r['accuracy']:>8.1f}%")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"accuracy": table, "results": rows}, indent=2, default=str))
+        print(f"results -> {args.out}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     import logging
 
@@ -169,6 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prm-aggregation", choices=["mean", "min", "last"], default="mean",
                    help="how step scores make a solution's score (default mean, as VisualPRM)")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("eval", help="score a checkpoint on a local MMMU-layout folder or the embedded world",
+                       description="MMMU: InternVL's prompt, answer reading and the official scoring; a table per "
+                       "subject (instance-weighted overall). World: accuracy per question type vs a baseline.")
+    p.add_argument("model", help="checkpoint folder with its tokenizer files")
+    p.add_argument("--mmmu", metavar="DIR", help="folder of MMMU-layout .jsonl files (image_1..image_7 paths)")
+    p.add_argument("--world", metavar="DIR", help="an embedded world folder: its held-out val and test splits")
+    p.add_argument("--max-num", type=int, default=6, help="most tiles per image (default 6, as the original)")
+    p.add_argument("--max-new-tokens", type=int, default=10, help="answer length (default 10, as the original)")
+    p.add_argument("--best-of", type=int, default=1, help="Best-of-N with --prm instead of greedy answers")
+    p.add_argument("--prm", metavar="PATH", help="process reward model for --best-of")
+    p.add_argument("--limit", type=int, help="only the first N questions (per world split)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
+    p.add_argument("--device", help="cpu, cuda, … (default cpu)")
+    p.add_argument("--out", metavar="FILE", help="write the table and every reply as JSON")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("convert", help="rewrite a checkpoint in the original or the transformers layout")
     p.add_argument("src", help="checkpoint folder (either layout, single file or sharded safetensors)")

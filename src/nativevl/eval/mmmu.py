@@ -208,3 +208,33 @@ def accuracy_table(results: list[tuple[Question, bool]]) -> dict[str, dict[str, 
     every = [ok for _, ok in results]
     table["overall"] = {"n": len(every), "accuracy": sum(every) / len(every) if every else 0.0}
     return table
+
+
+def evaluate_mmmu(model: Any, tokenizer: Any, questions: list[Question], max_num: int = 6,
+                  max_new_tokens: int = 10, prm: Any = None, best_of: int = 1, progress: bool = False
+                  ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """Greedy (min 1 new token) or Best-of-N answers, scored; (table, one result row per question).
+    As the original script: every image's tiles go under one `<image>`, at most `max_num` tiles per image."""
+    import torch
+    from tqdm import tqdm
+
+    from nativevl.data.image import load_image
+    from nativevl.infer.chat import chat
+
+    dtype = next(model.parameters()).dtype
+    size = model.config.vision.image_size
+    results, rows = [], []
+    for q in tqdm(questions, disable=not progress, desc="mmmu"):
+        tiles = [load_image(p, input_size=size, max_num=max_num) for p in q.images]
+        pixels = torch.cat(tiles).to(dtype) if tiles else None
+        if best_of > 1:
+            from nativevl.infer.prm import best_of_n
+
+            reply = best_of_n(model, tokenizer, q.prompt, pixels, prm, n=best_of, max_new_tokens=max_new_tokens,
+                              seed=0)[0].response
+        else:
+            reply = chat(model, tokenizer, pixels, q.prompt, {"max_new_tokens": max_new_tokens, "min_new_tokens": 1})
+        ok = is_correct(q, reply)
+        results.append((q, ok))
+        rows.append({"id": q.id, "subject": q.subject, "reply": reply, "answer": q.answer, "correct": ok})
+    return accuracy_table(results), rows

@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nativevl.conversation import IMAGE_PLACEHOLDER, Conversation, expand_images, get_template
+from nativevl.conversation import (
+    IMAGE_PLACEHOLDER,
+    Conversation,
+    expand_images,
+    get_template,
+)
 from nativevl.infer.generate import GenerationConfig
 from nativevl.model.internvl import InternVL
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
