@@ -152,15 +152,20 @@ class Trainer:
             raise TrainingError("stage mpo needs model.checkpoint: the policy and its reference start from it")
         reference = InternVL.from_pretrained(self.cfg.model.checkpoint, dtype=torch.float32).to(self.dist.device)
         reference.requires_grad_(False)
-        if self.dist.world > 1:
-            from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.fsdp import fully_shard
-
-            mesh = init_device_mesh(self.dist.device.type, (self.dist.world,))
-            for layer in [*reference.vision_model.encoder.layers, *reference.language_model.model.layers]:
-                fully_shard(layer, mesh=mesh)
-            fully_shard(reference, mesh=mesh)
+        self._shard(reference)
         return reference.eval()
+
+    def _shard(self, model: InternVL) -> None:
+        """FSDP2 under torchrun: each ViT layer and each LLM layer is its own unit, the rest the root's."""
+        if self.dist.world == 1:
+            return
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(self.dist.device.type, (self.dist.world,))
+        for layer in [*model.vision_model.encoder.layers, *model.language_model.model.layers]:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
 
     def _build_model(self) -> InternVL:
         spec = self.cfg.model
@@ -239,14 +244,7 @@ class Trainer:
         model.vision_model.activation_checkpointing = self.cfg.activation_checkpointing
         model.language_model.activation_checkpointing = self.cfg.activation_checkpointing
         model.train()
-        if self.dist.world > 1:
-            from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.fsdp import fully_shard
-
-            mesh = init_device_mesh(self.dist.device.type, (self.dist.world,))
-            for layer in [*model.vision_model.encoder.layers, *model.language_model.model.layers]:
-                fully_shard(layer, mesh=mesh)
-            fully_shard(model, mesh=mesh)
+        self._shard(model)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
