@@ -8,7 +8,6 @@ stop); step-by-step ones by the value on their last `Answer:` line.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from nativevl.data.dataset import read_lines, read_meta
 from nativevl.data.image import load_image
 from nativevl.infer.chat import chat
+from nativevl.infer.prm import final_answer
 from nativevl.model.internvl import InternVL
 from nativevl.tokenizer import load_tokenizer
 
@@ -34,16 +34,10 @@ GROUPS = {
     "multi-image": ("multi_same", "multi_shared", "multi_more", "multi_total"),
     "reasoning": ("reasoning",),
 }
-ANSWER_LINE = re.compile(r"Answer:\s*(.+?)\s*$", re.MULTILINE)
 
 
 def normalize(text: str) -> str:
     return text.strip().strip(".").strip().lower()
-
-
-def final_answer(text: str) -> str:
-    found = ANSWER_LINE.findall(text)
-    return normalize(found[-1]) if found else normalize(text.splitlines()[-1] if text.strip() else "")
 
 
 def task_of(record: dict[str, Any]) -> str:
