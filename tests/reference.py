@@ -42,11 +42,14 @@ def hf_config(
 def hf_model(config: InternVLConfig, seed: int = 0) -> InternVLForConditionalGeneration:
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config).eval()
-    # Random LayerScale and norm weights, so a mix-up between them (or a dropped bias) cannot hide.
+    # Random LayerScale and norm weights, so a mix-up between them (or a dropped bias) cannot hide; random class
+    # and position embeddings (transformers zeroes them), so their interpolation and order are tested.
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lambda" in name or "norm" in name or name.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.1)
+            elif "position_embeddings" in name or "cls_token" in name:
+                p.normal_()
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model

@@ -165,7 +165,7 @@ def test_dynamic_ntk_rope_past_the_trained_length(tmp_path):
     torch.testing.assert_close(ours(ids, pixel_values=pv).logits, ref, rtol=0, atol=1e-5)
     plain = InternVL.from_pretrained(tmp_path).eval()
     plain.config.text.rope_scaling = None
-    assert (plain(ids, pixel_values=pv).logits - ref).abs().max() > 1e-3  # the scaling did something
+    assert (plain(ids, pixel_values=pv).logits - ref).abs().max() > 1e-4  # the scaling did something (10x atol)
     gen = hf.generate(input_ids=ids, pixel_values=pv, max_new_tokens=20, do_sample=False)[:, ids.shape[1] :]
     assert generate(ours, ids, pixel_values=pv, max_new_tokens=20).tolist() == gen.tolist()
 
