@@ -106,3 +106,80 @@ def test_best_of_n_returns_every_sample_scored_best_first(start):
         score, steps = prm.score(question, c.response, tiles)
         assert math.isclose(score, c.score, abs_tol=1e-6) and steps == pytest.approx(c.step_scores, abs=1e-6)
     assert len({c.response for c in candidates}) > 1  # sampled, not greedy
+
+
+def test_batch_chat_prefix_continues_the_assistant_turn(start, monkeypatch):
+    """A prefix is appended after `<|im_start|>assistant\\n` and only the continuation comes back."""
+    import nativevl.infer.chat as chat_module
+
+    model, tok, tiles = start
+    seen = []
+    real = chat_module.generate
+
+    def spy(model, ids, **kw):  # noqa: ANN001, ANN202
+        seen.append(ids)
+        return real(model, ids, **kw)
+
+    monkeypatch.setattr(chat_module, "generate", spy)
+    prefix = "The bars show 3 and 4.\n\n"
+    out = chat_module.batch_chat(model, tok, tiles.repeat(2, 1, 1, 1), ["Total?", "Total?"],
+                                 {"max_new_tokens": 4}, num_patches_list=[tiles.shape[0]] * 2,
+                                 prefixes=[prefix, ""])
+    assert len(out) == 2
+    rows = [tok.decode(r, skip_special_tokens=False) for r in seen[0].tolist()]
+    assert rows[0].endswith("<|im_start|>assistant\n" + prefix) and rows[1].endswith("<|im_start|>assistant\n")
+    with pytest.raises(ValueError, match="2 questions but 1 prefixes"):
+        chat_module.batch_chat(model, tok, None, ["a", "b"], prefixes=["x"])
+
+
+def test_monte_carlo_rule_labels_a_step_by_its_continuations(start, monkeypatch):
+    """Step i is + iff one of the k continuations from steps 1..i reaches the gold answer; the last step is + iff
+    the solution's own answer is right. A stub policy answers 7 only after a step that mentions 'good'."""
+    import nativevl.train.prm_data as prm_data
+
+    model, tok, tiles = start
+    calls = []
+
+    def fake_batch_chat(policy, tokenizer, pixels, questions, settings, num_patches_list=None, prefixes=None):  # noqa: ANN001, ANN202
+        calls.append(prefixes)
+        return [("Answer: 7" if p.rstrip().endswith("good") and i % 3 == 2 else "Answer: 5")
+                for i, p in enumerate(prefixes)]
+
+    monkeypatch.setattr(prm_data, "batch_chat", fake_batch_chat)
+    steps = ["a good", "b bad", "c good", "Answer: 5"]
+    labels = prm_data.mc_step_labels(model, tok, "Q?", tiles, steps, "7", k=3, settings=None)
+    assert labels == [True, False, True, False]
+    assert calls[0] == [p for p in ("a good\n\n", "a good\n\nb bad\n\n", "a good\n\nb bad\n\nc good\n\n")
+                        for _ in range(3)]
+    assert prm_data.mc_step_labels(model, tok, "Q?", tiles, ["Answer: 7."], "7", k=3, settings=None) == [True]
+    assert len(calls) == 1  # a one-step solution needs no sampling
+
+
+def test_prm_data_from_a_world_trains_as_sft_conversations(tmp_path):
+    """`build_prm_data` writes VisualPRM conversations (one +/- turn per step, the gold solution's last step +)
+    that the SFT data pipeline reads with every mark supervised."""
+    import json
+    import random
+
+    from reference import world_checkpoint
+
+    from nativevl.data.dataset import DataConfig, build_sample, read_meta
+    from nativevl.train.prm_data import build_prm_data
+
+    world, checkpoint = world_checkpoint(tmp_path, seed=3)
+    summary = build_prm_data(checkpoint, world, tmp_path / "prm", questions=2, samples=1, k=2, max_new_tokens=24)
+    assert summary.questions == 2 and summary.solutions >= 2 and summary.right_solutions >= 2  # the gold ones
+    lines = [json.loads(x) for x in (tmp_path / "prm" / "prm.jsonl").read_text().splitlines()]
+    assert len(lines) == summary.solutions
+    gold = lines[0]["conversations"]  # the first record of a question is its gold solution
+    assert gold[0] == {"from": "system", "value": PRM_SYSTEM_PROMPT}
+    assert gold[1]["value"].startswith("### Question:\n<image>\n") and gold[-1] == {"from": "gpt", "value": "+"}
+    marks = [t["value"] for line in lines for t in line["conversations"] if t["from"] == "gpt"]
+    assert set(marks) <= {"+", "-"} and len(marks) == summary.steps and marks.count("+") == summary.good_steps
+    (spec,) = read_meta(tmp_path / "prm" / "meta_prm.json")
+    tok = load_tokenizer(checkpoint)
+    cfg = DataConfig(max_dynamic_patch=spec.max_dynamic_patch, image_size=224, num_image_token=64)
+    sample = build_sample(lines[0], spec, tok, cfg, random.Random(0))
+    supervised = [t for t, lab in zip(sample.input_ids.tolist(), sample.labels.tolist(), strict=True) if lab != -100]
+    plus = tok.encode("+")[0]
+    assert supervised.count(plus) == sum(t["value"] == "+" for t in gold if t["from"] == "gpt")

@@ -3,9 +3,10 @@
   nativevl chat MODEL [--image P]... [--video P] [--max-num N] [--dtype bfloat16] [PROMPT]
   nativevl chat MODEL --image P --best-of 8 --prm PRM_MODEL PROMPT
   nativevl convert SRC DST --layout transformers [--dtype bfloat16] [--max-shard-size 5GB]
-  nativevl demo [--out DIR]
-  nativevl eval MODEL (--mmmu DIR | --world WORLD_DIR) [--best-of N --prm PRM] [--out results.json]
+  nativevl demo [--out DIR] [--no-align]
+  nativevl eval MODEL (--mmmu DIR | --vqa PATH | --world WORLD_DIR) [--best-of N --prm PRM] [--out F]
   nativevl world generate OUT [--seed 0] [--scale 1.0]
+  nativevl prm-data POLICY WORLD_DIR OUT [--questions 64] [--samples 4] [--k 16]
   nativevl train RECIPE_OR_TOML [--set key=value]...
 """
 
@@ -132,33 +133,56 @@ def cmd_world(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     import json
 
-    if bool(args.mmmu) == bool(args.world):
-        raise ValueError("give one of --mmmu DIR or --world WORLD_DIR")
+    from nativevl.eval.answer import print_table
+
+    if sum(map(bool, (args.mmmu, args.vqa, args.world))) != 1:
+        raise ValueError("give one of --mmmu DIR, --vqa FILE_OR_DIR or --world WORLD_DIR")
     if args.best_of > 1 and not args.prm:
         raise ValueError("--best-of needs --prm PRM_MODEL")
+    from nativevl.infer.chat import Pipeline
+    from nativevl.infer.prm import ProcessRewardModel
+
+    pipe = Pipeline(args.model, dtype=DTYPES.get(args.dtype), device=args.device)
+    prm = ProcessRewardModel(args.prm, aggregation=args.prm_aggregation) if args.prm else None
+    rows: list = []
     if args.world:
         from nativevl.eval.world import evaluate_world, format_table
 
         world = Path(args.world)
-        table = evaluate_world(args.model, world / "meta_eval.json", world / "meta_sft.json", limit=args.limit)
+        groups = tuple(args.groups.split(",")) if args.groups else None
+        table = evaluate_world(pipe.model, world / "meta_eval.json", world / "meta_sft.json", limit=args.limit,
+                               groups=groups, prm=prm, best_of=args.best_of, tokenizer=pipe.tokenizer,
+                               progress=True)
         print(format_table(table))
-        rows: list = []
+    elif args.vqa:
+        from nativevl.eval.vqa import evaluate_vqa, read_vqa
+
+        questions = read_vqa(args.vqa)[: args.limit]
+        table, rows = evaluate_vqa(pipe.model, pipe.tokenizer, questions, args.max_num, args.max_new_tokens, prm,
+                                   args.best_of, progress=True)
+        print_table(table)
     else:
         from nativevl.eval.mmmu import evaluate_mmmu, read_questions
-        from nativevl.infer.chat import Pipeline
-        from nativevl.infer.prm import ProcessRewardModel
 
         questions = read_questions(args.mmmu)[: args.limit]
-        pipe = Pipeline(args.model, dtype=DTYPES.get(args.dtype), device=args.device)
-        prm = ProcessRewardModel(args.prm) if args.prm else None
         table, rows = evaluate_mmmu(pipe.model, pipe.tokenizer, questions, args.max_num, args.max_new_tokens, prm,
                                     args.best_of, progress=True)
-        print(f"{'subject':<32} {'n':>5} {'accuracy':>9}")
-        for subject, r in table.items():
-            print(f"{subject:<32} {r['n']:>5} {100 * r['accuracy']:>8.1f}%")
+        print_table(table, "subject")
     if args.out:
         Path(args.out).write_text(json.dumps({"accuracy": table, "results": rows}, indent=2, default=str))
         print(f"results -> {args.out}")
+
+
+def cmd_prm_data(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from nativevl.train.prm_data import build_prm_data
+
+    summary = build_prm_data(args.policy, args.world, args.out, args.questions, args.samples, args.k, args.max_steps,
+                             args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed, progress=True)
+    print(f"wrote {args.out}/prm.jsonl and meta_prm.json: " + ", ".join(f"{k} {v}" for k, v in asdict(summary).items()))
+    print(f"train a PRM: nativevl train prm --set model.checkpoint={args.policy} "
+          f"--set data.meta={args.out}/meta_prm.json")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -167,7 +191,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from nativevl.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    run_demo(Path(args.out), args.pretrain_steps, args.sft_steps)
+    steps = {k: v for k, v in (("pretrain", args.pretrain_steps), ("sft", args.sft_steps)) if v is not None}
+    run_demo(Path(args.out), steps, align=not args.no_align, best_of=args.best_of)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,16 +228,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how step scores make a solution's score (default mean, as VisualPRM)")
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("eval", help="score a checkpoint on a local MMMU-layout folder or the embedded world",
+    p = sub.add_parser("eval", help="score a checkpoint on local MMMU-layout or VQA files, or the embedded world",
                        description="MMMU: InternVL's prompt, answer reading and the official scoring; a table per "
-                       "subject (instance-weighted overall). World: accuracy per question type vs a baseline.")
+                       "subject (instance-weighted overall). VQA: exact match after normalisation, a table per category. "
+                       "World: accuracy per question type vs a most-frequent-answer baseline.")
     p.add_argument("model", help="checkpoint folder with its tokenizer files")
     p.add_argument("--mmmu", metavar="DIR", help="folder of MMMU-layout .jsonl files (image_1..image_7 paths)")
+    p.add_argument("--vqa", metavar="PATH", help="exact-match VQA: a .jsonl file or folder of them (question, "
+                   "answer or list of answers, optional image path(s) and category)")
     p.add_argument("--world", metavar="DIR", help="an embedded world folder: its held-out val and test splits")
+    p.add_argument("--groups", help="world: only these question types, comma-separated (e.g. reasoning)")
     p.add_argument("--max-num", type=int, default=6, help="most tiles per image (default 6, as the original)")
     p.add_argument("--max-new-tokens", type=int, default=10, help="answer length (default 10, as the original)")
     p.add_argument("--best-of", type=int, default=1, help="Best-of-N with --prm instead of greedy answers")
     p.add_argument("--prm", metavar="PATH", help="process reward model for --best-of")
+    p.add_argument("--prm-aggregation", choices=["mean", "min", "last"], default="mean",
+                   help="how step scores make a solution's score (default mean)")
     p.add_argument("--limit", type=int, help="only the first N questions (per world split)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
     p.add_argument("--device", help="cpu, cuda, … (default cpu)")
@@ -242,10 +273,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale", type=float, default=1.0, help="multiply the number of records (default 1.0)")
     g.set_defaults(func=cmd_world)
 
+    p = sub.add_parser("prm-data", help="label a world's step-by-step solutions for PRM training (Monte-Carlo)",
+                       description="Samples solutions to the world's training reasoning questions from POLICY and "
+                       "labels each step + when one of K continuations from it reaches the gold answer (VisualPRM).")
+    p.add_argument("policy", help="the policy checkpoint folder that samples solutions and continuations")
+    p.add_argument("world", help="an embedded world folder")
+    p.add_argument("out", help="output folder for prm.jsonl and meta_prm.json")
+    p.add_argument("--questions", type=int, default=64, help="reasoning questions to label (default 64)")
+    p.add_argument("--samples", type=int, default=4, help="sampled solutions per question (default 4)")
+    p.add_argument("--k", type=int, default=16, help="continuations per step (default 16, as the original)")
+    p.add_argument("--max-steps", type=int, default=16, help="group a solution into at most this many steps")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    p.add_argument("--max-new-tokens", type=int, default=160, help="length limit of a solution (default 160)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_prm_data)
+
     p = sub.add_parser("demo", help="the whole recipe on the embedded world: pre-train, SFT, evaluate (CPU)")
     p.add_argument("--out", default="demo_out", help="world, checkpoints, curves and results (default demo_out)")
     p.add_argument("--pretrain-steps", type=int, help="override the recipe's pre-training steps")
     p.add_argument("--sft-steps", type=int, help="override the recipe's SFT steps")
+    p.add_argument("--no-align", action="store_true", help="stop after SFT (no MPO, PRM or Best-of-N)")
+    p.add_argument("--best-of", type=int, default=8, help="samples per question for Best-of-N (default 8)")
     p.set_defaults(func=cmd_demo)
     return parser
 

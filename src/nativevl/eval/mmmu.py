@@ -11,19 +11,16 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from nativevl.eval.answer import DatasetError
 
 LETTERS = "ABCDEFGHIJKLM"
 MC_PROMPT = "Answer with the option's letter from the given choices directly."
 OPEN_PROMPT = "Answer the question using a single word or phrase."
 MAX_IMAGES = 7
-
-
-class DatasetError(ValueError):
-    """A record that cannot be evaluated, named by file and line."""
 
 
 @dataclass
@@ -199,17 +196,6 @@ def read_questions(folder: str | Path) -> list[Question]:
     return questions
 
 
-def accuracy_table(results: list[tuple[Question, bool]]) -> dict[str, dict[str, float]]:
-    """{subject: {"n", "accuracy"}} plus "overall", instance-weighted (every question counts once)."""
-    by: dict[str, list[bool]] = defaultdict(list)
-    for q, ok in results:
-        by[q.subject].append(ok)
-    table = {s: {"n": len(v), "accuracy": sum(v) / len(v)} for s, v in sorted(by.items())}
-    every = [ok for _, ok in results]
-    table["overall"] = {"n": len(every), "accuracy": sum(every) / len(every) if every else 0.0}
-    return table
-
-
 def evaluate_mmmu(model: Any, tokenizer: Any, questions: list[Question], max_num: int = 6,
                   max_new_tokens: int = 10, prm: Any = None, best_of: int = 1, progress: bool = False
                   ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
@@ -219,7 +205,7 @@ def evaluate_mmmu(model: Any, tokenizer: Any, questions: list[Question], max_num
     from tqdm import tqdm
 
     from nativevl.data.image import load_image
-    from nativevl.infer.chat import chat
+    from nativevl.eval.answer import accuracy_table, reply
 
     dtype = next(model.parameters()).dtype
     size = model.config.vision.image_size
@@ -227,14 +213,9 @@ def evaluate_mmmu(model: Any, tokenizer: Any, questions: list[Question], max_num
     for q in tqdm(questions, disable=not progress, desc="mmmu"):
         tiles = [load_image(p, input_size=size, max_num=max_num) for p in q.images]
         pixels = torch.cat(tiles).to(dtype) if tiles else None
-        if best_of > 1:
-            from nativevl.infer.prm import best_of_n
-
-            reply = best_of_n(model, tokenizer, q.prompt, pixels, prm, n=best_of, max_new_tokens=max_new_tokens,
-                              seed=0)[0].response
-        else:
-            reply = chat(model, tokenizer, pixels, q.prompt, {"max_new_tokens": max_new_tokens, "min_new_tokens": 1})
-        ok = is_correct(q, reply)
-        results.append((q, ok))
-        rows.append({"id": q.id, "subject": q.subject, "reply": reply, "answer": q.answer, "correct": ok})
+        text = reply(model, tokenizer, pixels, q.prompt, max_new_tokens=max_new_tokens, min_new_tokens=1, prm=prm,
+                     best_of=best_of)
+        ok = is_correct(q, text)
+        results.append((q.subject, ok))
+        rows.append({"id": q.id, "subject": q.subject, "reply": text, "answer": q.answer, "correct": ok})
     return accuracy_table(results), rows

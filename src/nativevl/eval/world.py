@@ -13,13 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from nativevl.data.dataset import read_lines, read_meta
 from nativevl.data.image import load_image
-from nativevl.infer.chat import chat
-from nativevl.infer.prm import final_answer
+from nativevl.eval.answer import reply
+from nativevl.infer.prm import (
+    ProcessRewardModel,
+    best_of_n,
+    final_answer,
+    majority_vote,
+)
 from nativevl.model.internvl import InternVL
-from nativevl.tokenizer import load_tokenizer
+from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
 
 # question types grouped the way the demo reports them
 GROUPS = {
@@ -62,37 +68,56 @@ def majority_answers(meta_sft: str | Path) -> dict[str, str]:
 
 
 @torch.inference_mode()
-def evaluate_world(model_dir: str | Path, meta_eval: str | Path, meta_sft: str | Path, splits: tuple[str, ...] =
-                   ("val", "test"), limit: int | None = None) -> dict[str, dict[str, float]]:
-    """{group: {"n", "accuracy", "baseline"}} over the held-out records of `splits`."""
-    model = InternVL.from_pretrained(model_dir).eval()
-    tok = load_tokenizer(model_dir)
+def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path, meta_sft: str | Path,
+                   splits: tuple[str, ...] = ("val", "test"), limit: int | None = None,
+                   groups: tuple[str, ...] | None = None, prm: ProcessRewardModel | None = None, best_of: int = 1,
+                   tokenizer: InternVLTokenizer | None = None, progress: bool = False, seed: int = 0
+                   ) -> dict[str, dict[str, float]]:
+    """{group: {"n", "accuracy", "baseline"}} over the held-out records of `splits` (only `groups` if given).
+    Greedy, or Best-of-`best_of` with `prm`, which adds a `GROUP vote@N` row: the majority final answer of the
+    same samples. `model` is a checkpoint folder or a loaded model with its `tokenizer`."""
+    if not isinstance(model, InternVL):
+        tokenizer = load_tokenizer(model)
+        model = InternVL.from_pretrained(model).eval()
+    elif tokenizer is None:
+        raise ValueError("a loaded model needs its tokenizer")
     baseline = majority_answers(meta_sft)
     size = model.config.vision.image_size
     hits: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
-    for spec in read_meta(meta_eval):
-        if not spec.name.endswith(tuple(f"_{s}" for s in splits)):
-            continue
-        for _, line in read_lines(spec)[:limit]:
-            record = json.loads(line)
-            images = record["image"] if isinstance(record["image"], list) else [record["image"]]
-            max_num = spec.max_dynamic_patch or model.config.max_dynamic_patch
-            tiles = [load_image(spec.root / p, input_size=size, max_num=max(1, max_num // len(images)))
-                     for p in images]
-            question = record["conversations"][0]["value"]
-            task = task_of(record)
-            settings = {"max_new_tokens": 160 if task == "reasoning" else 24}
-            reply = chat(model, tok, torch.cat(tiles), question, settings,
-                         num_patches_list=[t.shape[0] for t in tiles])
-            gold = normalize(str(record["answer"]))
-            guess = final_answer(reply) if task == "reasoning" else normalize(reply)
-            hits[group_of(task)].append((guess == gold, baseline.get(task) == gold))
+    records = [(spec, json.loads(line)) for spec in read_meta(meta_eval)
+               if spec.name.endswith(tuple(f"_{s}" for s in splits)) for _, line in read_lines(spec)[:limit]]
+    records = [(spec, r) for spec, r in records if groups is None or group_of(task_of(r)) in groups]
+    for spec, record in tqdm(records, disable=not progress, desc="world eval"):
+        images = record["image"] if isinstance(record["image"], list) else [record["image"]]
+        max_num = spec.max_dynamic_patch or model.config.max_dynamic_patch
+        tiles = [load_image(spec.root / p, input_size=size, max_num=max(1, max_num // len(images))) for p in images]
+        task, question, patches = task_of(record), record["conversations"][0]["value"], [t.shape[0] for t in tiles]
+        length = 128 if task == "reasoning" else 24  # the world's longest solution is under 100 tokens
+        if best_of > 1:  # one set of samples serves Best-of-N and its baseline, the majority vote
+            if prm is None:
+                raise ValueError("Best-of-N needs a process reward model")
+            found = best_of_n(model, tokenizer, question, torch.cat(tiles), prm, n=best_of, max_new_tokens=length,
+                              num_patches_list=patches, seed=seed)
+            texts = {"": found[0].response,
+                     f" vote@{best_of}": majority_vote([c.response for c in sorted(found, key=lambda c: c.index)])}
+        else:
+            texts = {"": reply(model, tokenizer, torch.cat(tiles), question, patches, max_new_tokens=length)}
+        gold = normalize(str(record["answer"]))
+        for suffix, text in texts.items():
+            guess = final_answer(text) if task == "reasoning" else normalize(text)
+            hits[group_of(task) + suffix].append((guess == gold, baseline.get(task) == gold))
     return {g: {"n": len(v), "accuracy": sum(a for a, _ in v) / len(v), "baseline": sum(b for _, b in v) / len(v)}
-            for g, v in sorted(hits.items(), key=lambda kv: list(GROUPS).index(kv[0]) if kv[0] in GROUPS else 99)}
+            for g, v in sorted(hits.items(), key=lambda kv: _order(kv[0]))}
 
 
-def format_table(results: dict[str, dict[str, float]]) -> str:
-    lines = [f"{'question type':<14} {'n':>4} {'accuracy':>9} {'baseline':>9}"]
-    for group, r in results.items():
-        lines.append(f"{group:<14} {r['n']:>4} {100 * r['accuracy']:>8.1f}% {100 * r['baseline']:>8.1f}%")
+def _order(name: str) -> tuple[int, str]:
+    group = name.split(" ")[0]
+    return (list(GROUPS).index(group) if group in GROUPS else 99, name)
+
+
+def format_table(results: dict[str, dict[str, float]], title: str = "question type") -> str:
+    width = max(14, *(len(name) for name in results))
+    lines = [f"{title:<{width}} {'n':>4} {'accuracy':>9} {'baseline':>9}"]
+    for name, r in results.items():
+        lines.append(f"{name:<{width}} {r['n']:>4} {100 * r['accuracy']:>8.1f}% {100 * r['baseline']:>8.1f}%")
     return "\n".join(lines)

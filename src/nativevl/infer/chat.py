@@ -179,20 +179,25 @@ def batch_chat(
     generation_config: dict | GenerationConfig | None = None,
     num_patches_list: list[int] | None = None,
     v2pe_delta: float | None = None,
+    prefixes: list[str] | None = None,
 ) -> list[str]:
     """Several independent questions at once (left-padded), as the original `batch_chat`: question k gets
-    `num_patches_list[k]` tiles under its one `<image>`."""
+    `num_patches_list[k]` tiles under its one `<image>`. With `prefixes`, answer k starts with `prefixes[k]`
+    (already written, not returned): how Monte-Carlo step labels continue a partial solution."""
     _check_tokenizer(model, tokenizer)
     cfg = _generation_config(model, tokenizer, generation_config)
     if num_patches_list is None:
         num_patches_list = [0] * len(questions) if pixel_values is None else [pixel_values.shape[0]]
     if len(num_patches_list) != len(questions):
         raise ValueError(f"{len(questions)} questions but num_patches_list has {len(num_patches_list)} entries")
+    if prefixes is not None and len(prefixes) != len(questions):
+        raise ValueError(f"{len(questions)} questions but {len(prefixes)} prefixes")
     queries = []
-    for question, patches in zip(questions, num_patches_list, strict=True):
+    for k, (question, patches) in enumerate(zip(questions, num_patches_list, strict=True)):
         if pixel_values is not None and patches and IMAGE_PLACEHOLDER not in question:
             question = IMAGE_PLACEHOLDER + "\n" + question
         prompt = chat_prompt(question, None, model.config.system_message, model.config.template)
+        prompt += prefixes[k] if prefixes else ""
         queries.append(expand_images(prompt, [patches] if patches else [], model.num_image_token))
     encoded = [tokenizer.encode(q) for q in queries]
     width = max(len(e) for e in encoded)

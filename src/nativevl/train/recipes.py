@@ -6,9 +6,11 @@
   averaging, packing, V2PE.
 - `mpo`: mixed preference optimisation (InternVL3's scripts): 0.8 DPO + 0.2 BCO pair + 1.0 SFT loss against a
   frozen reference loaded from the same checkpoint, on MMPR-style pairs; every module trainable.
+- `prm`: a process reward model: SFT on VisualPRM conversations labelled by `nativevl prm-data`.
 - `posthoc_warmup`, `posthoc_vit`: the conventional post-hoc recipe as a baseline (InternVL2.5 stages 1 and 1.5):
   frozen LLM, projector warm-up, then the ViT unfrozen.
-- `demo_pretrain`, `demo_sft`: the embedded world's tiny model, sized to train in minutes on a 2-core CPU.
+- `demo_pretrain`, `demo_sft`, `demo_mpo`, `demo_prm`: the embedded world's tiny model, sized to train in
+  minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ def mpo() -> TrainConfig:
         optim=OptimSpec(lr=2e-7),  # shell/internvl3.0/mpo: 1 epoch, warm-up 0.03, cosine, wd 0.05
         drop_path_rate=0.1,  # 0.4 for 38B/78B
     )
+
+
+def prm() -> TrainConfig:
+    cfg = sft()
+    cfg.name, cfg.out = "prm", "runs/prm"
+    # VisualPRM: the SFT loss on `+`/`-` turns (data from `nativevl prm-data`); its learning rate is not public
+    cfg.data = DataSpec(meta="prm/meta_prm.json", v2pe="off")
+    cfg.optim = OptimSpec(lr=1e-5)
+    return cfg
 
 
 def posthoc_warmup() -> TrainConfig:
@@ -110,6 +121,26 @@ def demo_sft() -> TrainConfig:
     return cfg
 
 
+def demo_mpo() -> TrainConfig:
+    cfg = demo_sft()
+    cfg.name, cfg.stage, cfg.out, cfg.steps = "demo_mpo", "mpo", "runs/demo/mpo", 60
+    cfg.model = ModelSpec(checkpoint="runs/demo/sft/final")
+    cfg.data.meta = "world/meta_mpo.json"
+    # the paper's 2e-7 moves a 8B model pre-trained on billions of tokens; this toy one needs a larger step
+    cfg.optim = OptimSpec(lr=1e-4, warmup_ratio=0.05, min_lr_ratio=0.1)
+    return cfg
+
+
+def demo_prm() -> TrainConfig:
+    cfg = demo_sft()
+    cfg.name, cfg.out, cfg.steps = "demo_prm", "runs/demo/prm", 60
+    cfg.model = ModelSpec(checkpoint="runs/demo/sft/final")
+    cfg.data.meta = "prm/meta_prm.json"
+    cfg.optim = OptimSpec(lr=5e-4, warmup_ratio=0.05, min_lr_ratio=0.1)
+    return cfg
+
+
 RECIPES: dict[str, Callable[[], TrainConfig]] = {
-    f.__name__: f for f in (pretrain, sft, mpo, posthoc_warmup, posthoc_vit, demo_pretrain, demo_sft)
+    f.__name__: f for f in (pretrain, sft, mpo, prm, posthoc_warmup, posthoc_vit, demo_pretrain, demo_sft,
+                            demo_mpo, demo_prm)
 }

@@ -1,0 +1,116 @@
+"""Exact-match VQA from local JSON-lines files.
+
+One question per line:
+
+    {"id": "q1", "question": "What colour is the car?", "answer": "red", "image": "img/car.jpg",
+     "category": "colour"}
+
+`answer` may be a list of accepted answers (`answers` is read too, as VQAv2 names it), `image` a list of paths
+(shown as `Image-1: <image>` …) or absent for a text-only question; paths are relative to the file. `id` falls
+back to `question_id`, then to file:line; `category` to the file's name. The prompt is the question plus
+InternVL's short-answer instruction ("Answer the question using a single word or phrase.", as its VQA scripts
+add); a reply is right when, normalised (case, surrounding spaces and punctuation, inner runs of spaces), it
+equals one of the normalised answers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nativevl.eval.answer import DatasetError
+
+SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
+
+
+@dataclass
+class VQAQuestion:
+    id: str
+    question: str
+    answers: list[str]
+    images: list[Path] = field(default_factory=list)
+    category: str = ""
+    source: str = ""  # file:line
+
+
+def normalize_answer(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().strip(string.punctuation + " ").lower())
+
+
+def is_match(reply: str, answers: list[str]) -> bool:
+    return normalize_answer(reply) in {normalize_answer(a) for a in answers}
+
+
+def _strings(value: Any, key: str, where: str) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in values):
+        raise DatasetError(f"{where}: '{key}' must be a string or a list of strings")
+    return [str(v) for v in values]
+
+
+def read_vqa(path: str | Path) -> list[VQAQuestion]:
+    """Every record of a `.jsonl` file, or of every `.jsonl` file under a folder."""
+    path = Path(path)
+    files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
+    if not files or not files[0].is_file():
+        raise DatasetError(f"{path}: no .jsonl files")
+    questions = []
+    for file in files:
+        for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{file}:{n}"
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{where}: not JSON ({e.msg})") from None
+            if not isinstance(r, dict):
+                raise DatasetError(f"{where}: a record must be a JSON object")
+            answer = r.get("answer", r.get("answers"))
+            if not isinstance(r.get("question"), str) or answer is None:
+                raise DatasetError(f"{where}: needs a 'question' string and an 'answer'")
+            images = [file.parent / p for p in (_strings(r["image"], "image", where) if r.get("image") else [])]
+            for image in images:
+                if not image.is_file():
+                    raise DatasetError(f"{where}: image {image} does not exist")
+            questions.append(VQAQuestion(str(r.get("id", r.get("question_id", where))), r["question"],
+                                         _strings(answer, "answer", where), images,
+                                         str(r.get("category") or file.stem), where))
+    return questions
+
+
+def vqa_prompt(q: VQAQuestion, suffix: str = SHORT_ANSWER_PROMPT) -> str:
+    from nativevl.conversation import IMAGE_PLACEHOLDER, image_prefix
+
+    text = q.question if not suffix else f"{q.question}\n{suffix}"
+    if len(q.images) > 1 and IMAGE_PLACEHOLDER not in text:
+        text = image_prefix(len(q.images)) + text
+    return text
+
+
+def evaluate_vqa(model: Any, tokenizer: Any, questions: list[VQAQuestion], max_num: int = 6,
+                 max_new_tokens: int = 10, prm: Any = None, best_of: int = 1, suffix: str = SHORT_ANSWER_PROMPT,
+                 progress: bool = False) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """Greedy or Best-of-N replies, exact-match scored; (per-category table, one row per question)."""
+    import torch
+    from tqdm import tqdm
+
+    from nativevl.data.image import load_image
+    from nativevl.eval.answer import accuracy_table, reply
+
+    dtype = next(model.parameters()).dtype
+    size = model.config.vision.image_size
+    results, rows = [], []
+    for q in tqdm(questions, disable=not progress, desc="vqa"):
+        tiles = [load_image(p, input_size=size, max_num=max_num) for p in q.images]
+        pixels = torch.cat(tiles).to(dtype) if tiles else None
+        text = reply(model, tokenizer, pixels, vqa_prompt(q, suffix), [t.shape[0] for t in tiles] or None,
+                     max_new_tokens=max_new_tokens, min_new_tokens=1, prm=prm, best_of=best_of)
+        ok = is_match(text, q.answers)
+        results.append((q.category, ok))
+        rows.append({"id": q.id, "category": q.category, "reply": text, "answers": q.answers, "correct": ok})
+    return accuracy_table(results), rows
