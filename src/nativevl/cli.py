@@ -152,7 +152,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         groups = tuple(args.groups.split(",")) if args.groups else None
         table = evaluate_world(pipe.model, world / "meta_eval.json", world / "meta_sft.json", limit=args.limit,
                                groups=groups, prm=prm, best_of=args.best_of, tokenizer=pipe.tokenizer,
-                               progress=True)
+                               progress=True, rows=rows)
         print(format_table(table))
     elif args.vqa:
         from nativevl.eval.vqa import evaluate_vqa, read_vqa

@@ -71,11 +71,12 @@ def majority_answers(meta_sft: str | Path) -> dict[str, str]:
 def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path, meta_sft: str | Path,
                    splits: tuple[str, ...] = ("val", "test"), limit: int | None = None,
                    groups: tuple[str, ...] | None = None, prm: ProcessRewardModel | None = None, best_of: int = 1,
-                   tokenizer: InternVLTokenizer | None = None, progress: bool = False, seed: int = 0
-                   ) -> dict[str, dict[str, float]]:
+                   tokenizer: InternVLTokenizer | None = None, progress: bool = False, seed: int = 0,
+                   rows: list[dict[str, Any]] | None = None) -> dict[str, dict[str, float]]:
     """{group: {"n", "accuracy", "baseline"}} over the held-out records of `splits` (only `groups` if given).
     Greedy, or Best-of-`best_of` with `prm`, which adds a `GROUP vote@N` row: the majority final answer of the
-    same samples. `model` is a checkpoint folder or a loaded model with its `tokenizer`."""
+    same samples. `model` is a checkpoint folder or a loaded model with its `tokenizer`. Given a `rows` list,
+    one dict per reply is appended to it (id, row of the table, reply, gold answer, correct)."""
     if not isinstance(model, InternVL):
         tokenizer = load_tokenizer(model)
         model = InternVL.from_pretrained(model).eval()
@@ -106,6 +107,9 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path, meta_sft
         for suffix, text in texts.items():
             guess = final_answer(text) if task == "reasoning" else normalize(text)
             hits[group_of(task) + suffix].append((guess == gold, baseline.get(task) == gold))
+            if rows is not None:
+                rows.append({"id": record.get("id"), "group": group_of(task) + suffix, "reply": text,
+                             "answer": record["answer"], "correct": guess == gold})
     return {g: {"n": len(v), "accuracy": sum(a for a, _ in v) / len(v), "baseline": sum(b for _, b in v) / len(v)}
             for g, v in sorted(hits.items(), key=lambda kv: _order(kv[0]))}
 
