@@ -3,8 +3,10 @@ per-category accuracy table with an instance-weighted overall row."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the scoring half of eval/ stays importable without torch
@@ -15,6 +17,27 @@ if TYPE_CHECKING:  # the scoring half of eval/ stays importable without torch
 
 class DatasetError(ValueError):
     """A record that cannot be evaluated, named by file and line."""
+
+
+def jsonl_records(path: str | Path) -> Iterator[tuple[Path, str, dict[str, Any]]]:
+    """(file, "file:line", record) for every non-blank line of a `.jsonl` file or of every `.jsonl` file under a
+    folder; a line that is not a JSON object stops with its file and line."""
+    path = Path(path)
+    files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
+    if not files or not files[0].is_file():
+        raise DatasetError(f"{path}: no .jsonl files")
+    for file in files:
+        for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{file}:{n}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{where}: not JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise DatasetError(f"{where}: a record must be a JSON object")
+            yield file, where, record
 
 
 def reply(model: Any, tokenizer: Any, pixels: torch.Tensor | None, question: str,

@@ -9,13 +9,12 @@ A local MMMU-layout dataset is a folder of JSONL files (one per subject, or one 
 from __future__ import annotations
 
 import ast
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nativevl.eval.answer import DatasetError
+from nativevl.eval.answer import DatasetError, jsonl_records
 
 LETTERS = "ABCDEFGHIJKLM"
 MC_PROMPT = "Answer with the option's letter from the given choices directly."
@@ -163,36 +162,24 @@ def _options(value: Any, where: str) -> list[str]:
 
 def read_questions(folder: str | Path) -> list[Question]:
     """Every record of every `*.jsonl` under `folder` (the subject is the file name unless a record says)."""
-    folder = Path(folder)
-    files = sorted(folder.rglob("*.jsonl")) if folder.is_dir() else [folder]
-    if not files or not files[0].exists():
-        raise DatasetError(f"{folder}: no .jsonl files")
     questions = []
-    for path in files:
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{where}: not JSON ({e.msg})") from None
-            missing = [k for k in ("id", "question", "answer") if k not in r]
-            if missing:
-                raise DatasetError(f"{where}: missing {', '.join(missing)}")
-            options = _options(r.get("options", []), where)
-            kind = r.get("question_type") or ("multiple-choice" if options else "open")
-            if kind not in ("multiple-choice", "open"):
-                raise DatasetError(f"{where}: question_type must be 'multiple-choice' or 'open', got {kind!r}")
-            images = []
-            for k in range(1, MAX_IMAGES + 1):
-                if r.get(f"image_{k}"):
-                    image = path.parent / r[f"image_{k}"]
-                    if not image.is_file():
-                        raise DatasetError(f"{where}: image_{k} {image} does not exist")
-                    images.append(image)
-            questions.append(Question(str(r["id"]), r["question"], dict(zip(LETTERS, (o.strip() for o in options))),
-                                      r["answer"], kind, images, r.get("subject") or path.stem, where))
+    for path, where, r in jsonl_records(folder):
+        missing = [k for k in ("id", "question", "answer") if k not in r]
+        if missing:
+            raise DatasetError(f"{where}: missing {', '.join(missing)}")
+        options = _options(r.get("options", []), where)
+        kind = r.get("question_type") or ("multiple-choice" if options else "open")
+        if kind not in ("multiple-choice", "open"):
+            raise DatasetError(f"{where}: question_type must be 'multiple-choice' or 'open', got {kind!r}")
+        images = []
+        for k in range(1, MAX_IMAGES + 1):
+            if r.get(f"image_{k}"):
+                image = path.parent / r[f"image_{k}"]
+                if not image.is_file():
+                    raise DatasetError(f"{where}: image_{k} {image} does not exist")
+                images.append(image)
+        questions.append(Question(str(r["id"]), r["question"], dict(zip(LETTERS, (o.strip() for o in options))),
+                                  r["answer"], kind, images, r.get("subject") or path.stem, where))
     return questions
 
 

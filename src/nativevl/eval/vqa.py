@@ -15,14 +15,13 @@ equals one of the normalised answers.
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nativevl.eval.answer import DatasetError
+from nativevl.eval.answer import DatasetError, jsonl_records
 
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 
@@ -54,32 +53,18 @@ def _strings(value: Any, key: str, where: str) -> list[str]:
 
 def read_vqa(path: str | Path) -> list[VQAQuestion]:
     """Every record of a `.jsonl` file, or of every `.jsonl` file under a folder."""
-    path = Path(path)
-    files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
-    if not files or not files[0].is_file():
-        raise DatasetError(f"{path}: no .jsonl files")
     questions = []
-    for file in files:
-        for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{file}:{n}"
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{where}: not JSON ({e.msg})") from None
-            if not isinstance(r, dict):
-                raise DatasetError(f"{where}: a record must be a JSON object")
-            answer = r.get("answer", r.get("answers"))
-            if not isinstance(r.get("question"), str) or answer is None:
-                raise DatasetError(f"{where}: needs a 'question' string and an 'answer'")
-            images = [file.parent / p for p in (_strings(r["image"], "image", where) if r.get("image") else [])]
-            for image in images:
-                if not image.is_file():
-                    raise DatasetError(f"{where}: image {image} does not exist")
-            questions.append(VQAQuestion(str(r.get("id", r.get("question_id", where))), r["question"],
-                                         _strings(answer, "answer", where), images,
-                                         str(r.get("category") or file.stem), where))
+    for file, where, r in jsonl_records(path):
+        answer = r.get("answer", r.get("answers"))
+        if not isinstance(r.get("question"), str) or answer is None:
+            raise DatasetError(f"{where}: needs a 'question' string and an 'answer'")
+        images = [file.parent / p for p in (_strings(r["image"], "image", where) if r.get("image") else [])]
+        for image in images:
+            if not image.is_file():
+                raise DatasetError(f"{where}: image {image} does not exist")
+        questions.append(VQAQuestion(str(r.get("id", r.get("question_id", where))), r["question"],
+                                     _strings(answer, "answer", where), images,
+                                     str(r.get("category") or file.stem), where))
     return questions
 
 
