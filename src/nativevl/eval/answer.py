@@ -40,6 +40,17 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[Path, str, dict[str, Any]]
             yield file, where, record
 
 
+def load_tiles(model: Any, images: list[Path], max_num: int) -> tuple[torch.Tensor | None, list[int]]:
+    """Every image's tiles (at most `max_num` each) at the model's tile size and dtype, and the tiles per image."""
+    import torch
+
+    from nativevl.data.image import load_image
+
+    tiles = [load_image(p, input_size=model.config.vision.image_size, max_num=max_num) for p in images]
+    dtype = next(model.parameters()).dtype
+    return (torch.cat(tiles).to(dtype) if tiles else None), [t.shape[0] for t in tiles]
+
+
 def reply(model: Any, tokenizer: Any, pixels: torch.Tensor | None, question: str,
           num_patches_list: list[int] | None = None, max_new_tokens: int = 10, min_new_tokens: int = 0,
           prm: ProcessRewardModel | None = None, best_of: int = 1, seed: int = 0) -> str:

@@ -188,18 +188,13 @@ def evaluate_mmmu(model: Any, tokenizer: Any, questions: list[Question], max_num
                   ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """Greedy (min 1 new token) or Best-of-N answers, scored; (table, one result row per question).
     As the original script: every image's tiles go under one `<image>`, at most `max_num` tiles per image."""
-    import torch
     from tqdm import tqdm
 
-    from nativevl.data.image import load_image
-    from nativevl.eval.answer import accuracy_table, reply
+    from nativevl.eval.answer import accuracy_table, load_tiles, reply
 
-    dtype = next(model.parameters()).dtype
-    size = model.config.vision.image_size
     results, rows = [], []
     for q in tqdm(questions, disable=not progress, desc="mmmu"):
-        tiles = [load_image(p, input_size=size, max_num=max_num) for p in q.images]
-        pixels = torch.cat(tiles).to(dtype) if tiles else None
+        pixels, _ = load_tiles(model, q.images, max_num)  # all under one <image>, as the original script
         text = reply(model, tokenizer, pixels, q.prompt, max_new_tokens=max_new_tokens, min_new_tokens=1, prm=prm,
                      best_of=best_of)
         ok = is_correct(q, text)

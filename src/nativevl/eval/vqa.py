@@ -81,19 +81,14 @@ def evaluate_vqa(model: Any, tokenizer: Any, questions: list[VQAQuestion], max_n
                  max_new_tokens: int = 10, prm: Any = None, best_of: int = 1, suffix: str = SHORT_ANSWER_PROMPT,
                  progress: bool = False) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """Greedy or Best-of-N replies, exact-match scored; (per-category table, one row per question)."""
-    import torch
     from tqdm import tqdm
 
-    from nativevl.data.image import load_image
-    from nativevl.eval.answer import accuracy_table, reply
+    from nativevl.eval.answer import accuracy_table, load_tiles, reply
 
-    dtype = next(model.parameters()).dtype
-    size = model.config.vision.image_size
     results, rows = [], []
     for q in tqdm(questions, disable=not progress, desc="vqa"):
-        tiles = [load_image(p, input_size=size, max_num=max_num) for p in q.images]
-        pixels = torch.cat(tiles).to(dtype) if tiles else None
-        text = reply(model, tokenizer, pixels, vqa_prompt(q, suffix), [t.shape[0] for t in tiles] or None,
+        pixels, patches = load_tiles(model, q.images, max_num)
+        text = reply(model, tokenizer, pixels, vqa_prompt(q, suffix), patches or None,
                      max_new_tokens=max_new_tokens, min_new_tokens=1, prm=prm, best_of=best_of)
         ok = is_match(text, q.answers)
         results.append((q.category, ok))

@@ -16,8 +16,7 @@ import torch
 from tqdm import tqdm
 
 from nativevl.data.dataset import read_lines, read_meta
-from nativevl.data.image import load_image
-from nativevl.eval.answer import reply
+from nativevl.eval.answer import load_tiles, reply
 from nativevl.infer.prm import (
     ProcessRewardModel,
     best_of_n,
@@ -83,7 +82,6 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path, meta_sft
     elif tokenizer is None:
         raise ValueError("a loaded model needs its tokenizer")
     baseline = majority_answers(meta_sft)
-    size = model.config.vision.image_size
     hits: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
     records = [(spec, json.loads(line)) for spec in read_meta(meta_eval)
                if spec.name.endswith(tuple(f"_{s}" for s in splits)) for _, line in read_lines(spec)[:limit]]
@@ -91,18 +89,18 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path, meta_sft
     for spec, record in tqdm(records, disable=not progress, desc="world eval"):
         images = record["image"] if isinstance(record["image"], list) else [record["image"]]
         max_num = spec.max_dynamic_patch or model.config.max_dynamic_patch
-        tiles = [load_image(spec.root / p, input_size=size, max_num=max(1, max_num // len(images))) for p in images]
-        task, question, patches = task_of(record), record["conversations"][0]["value"], [t.shape[0] for t in tiles]
+        pixels, patches = load_tiles(model, [spec.root / p for p in images], max(1, max_num // len(images)))
+        task, question = task_of(record), record["conversations"][0]["value"]
         length = 128 if task == "reasoning" else 24  # the world's longest solution is under 100 tokens
         if best_of > 1:  # one set of samples serves Best-of-N and its baseline, the majority vote
             if prm is None:
                 raise ValueError("Best-of-N needs a process reward model")
-            found = best_of_n(model, tokenizer, question, torch.cat(tiles), prm, n=best_of, max_new_tokens=length,
+            found = best_of_n(model, tokenizer, question, pixels, prm, n=best_of, max_new_tokens=length,
                               num_patches_list=patches, seed=seed)
             texts = {"": found[0].response,
                      f" vote@{best_of}": majority_vote([c.response for c in sorted(found, key=lambda c: c.index)])}
         else:
-            texts = {"": reply(model, tokenizer, torch.cat(tiles), question, patches, max_new_tokens=length)}
+            texts = {"": reply(model, tokenizer, pixels, question, patches, max_new_tokens=length)}
         gold = normalize(str(record["answer"]))
         for suffix, text in texts.items():
             guess = final_answer(text) if task == "reasoning" else normalize(text)
