@@ -77,6 +77,24 @@ def test_batch_chat_equals_one_by_one(pipe, image_file):
     assert batched == single
 
 
+def test_batch_chat_rows_with_several_images_or_none(pipe, image_file):
+    """A list in num_patches_list puts that many images under one question's placeholders; an empty list asks
+    about text only. Each row answers as it would alone, in a batch of any size."""
+    from nativevl.eval.answer import replies
+
+    model, tok = pipe.model, pipe.tokenizer
+    a, b = load_image(image_file), load_image(image_file, max_num=2)
+    items = [(torch.cat([a, b]), "Image-1: <image>\nImage-2: <image>\nWhich differs?", [a.shape[0], b.shape[0]]), (None, "Say something.", []),
+             (a, "What is it?", [a.shape[0]])]
+    single = [chat(model, tok, pixels, q, {"max_new_tokens": 6}, num_patches_list=n or None) for pixels, q, n in items]
+    assert len(set(single)) > 1  # distinct answers, so a row mixed up with another would show
+    assert replies(model, tok, items, max_new_tokens=6) == single
+    assert replies(model, tok, items, max_new_tokens=6, batch_size=2) == single
+    tiles = torch.cat([a, b, a])
+    assert batch_chat(model, tok, tiles, [q for _, q, _ in items], {"max_new_tokens": 6},
+                      num_patches_list=[n for _, _, n in items]) == single
+
+
 def test_several_images_and_video(pipe, image_file, tmp_path):
     import av
 

@@ -152,21 +152,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
         groups = tuple(args.groups.split(",")) if args.groups else None
         table = evaluate_world(pipe.model, world / "meta_eval.json", world / "meta_sft.json", limit=args.limit,
                                groups=groups, prm=prm, best_of=args.best_of, tokenizer=pipe.tokenizer,
-                               progress=True, rows=rows)
+                               progress=True, rows=rows, batch_size=args.batch_size)
         print(format_table(table))
     elif args.vqa:
         from nativevl.eval.vqa import evaluate_vqa, read_vqa
 
         questions = read_vqa(args.vqa)[: args.limit]
         table, rows = evaluate_vqa(pipe.model, pipe.tokenizer, questions, args.max_num, args.max_new_tokens, prm,
-                                   args.best_of, progress=True)
+                                   args.best_of, progress=True, batch_size=args.batch_size)
         print_table(table)
     else:
         from nativevl.eval.mmmu import evaluate_mmmu, read_questions
 
         questions = read_questions(args.mmmu)[: args.limit]
         table, rows = evaluate_mmmu(pipe.model, pipe.tokenizer, questions, args.max_num, args.max_new_tokens, prm,
-                                    args.best_of, progress=True)
+                                    args.best_of, progress=True, batch_size=args.batch_size)
         print_table(table, "subject")
     if args.out:
         Path(args.out).write_text(json.dumps({"accuracy": table, "results": rows}, indent=2, default=str))
@@ -245,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prm-aggregation", choices=["mean", "min", "last"], default="mean",
                    help="how step scores make a solution's score (default mean)")
     p.add_argument("--limit", type=int, help="only the first N questions (per world split)")
+    p.add_argument("--batch-size", type=int, default=16, help="greedy questions decoded together (default 16; 1 "
+                   "answers one at a time, as the original scripts)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
     p.add_argument("--device", help="cpu, cuda, … (default cpu)")
     p.add_argument("--out", metavar="FILE", help="write the table and every reply as JSON")

@@ -184,19 +184,21 @@ def read_questions(folder: str | Path) -> list[Question]:
 
 
 def evaluate_mmmu(model: Any, tokenizer: Any, questions: list[Question], max_num: int = 6,
-                  max_new_tokens: int = 10, prm: Any = None, best_of: int = 1, progress: bool = False
-                  ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+                  max_new_tokens: int = 10, prm: Any = None, best_of: int = 1, progress: bool = False,
+                  batch_size: int = 16) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """Greedy (min 1 new token) or Best-of-N answers, scored; (table, one result row per question).
     As the original script: every image's tiles go under one `<image>`, at most `max_num` tiles per image."""
-    from tqdm import tqdm
+    from nativevl.eval.answer import accuracy_table, load_tiles, replies
 
-    from nativevl.eval.answer import accuracy_table, load_tiles, reply
-
-    results, rows = [], []
-    for q in tqdm(questions, disable=not progress, desc="mmmu"):
+    def item(q: Question) -> tuple[Any, str, list[int]]:
         pixels, _ = load_tiles(model, q.images, max_num)  # all under one <image>, as the original script
-        text = reply(model, tokenizer, pixels, q.prompt, max_new_tokens=max_new_tokens, min_new_tokens=1, prm=prm,
-                     best_of=best_of)
+        return pixels, q.prompt, [pixels.shape[0]] if pixels is not None else []
+
+    texts = replies(model, tokenizer, map(item, questions), max_new_tokens=max_new_tokens, min_new_tokens=1,
+                    prm=prm, best_of=best_of, total=len(questions), batch_size=batch_size,
+                    progress="mmmu" if progress else None)
+    results, rows = [], []
+    for q, text in zip(questions, texts, strict=True):
         ok = is_correct(q, text)
         results.append((q.subject, ok))
         rows.append({"id": q.id, "subject": q.subject, "reply": text, "answer": q.answer, "correct": ok})

@@ -79,17 +79,20 @@ def vqa_prompt(q: VQAQuestion, suffix: str = SHORT_ANSWER_PROMPT) -> str:
 
 def evaluate_vqa(model: Any, tokenizer: Any, questions: list[VQAQuestion], max_num: int = 6,
                  max_new_tokens: int = 10, prm: Any = None, best_of: int = 1, suffix: str = SHORT_ANSWER_PROMPT,
-                 progress: bool = False) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+                 progress: bool = False, batch_size: int = 16
+                 ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """Greedy or Best-of-N replies, exact-match scored; (per-category table, one row per question)."""
-    from tqdm import tqdm
+    from nativevl.eval.answer import accuracy_table, load_tiles, replies
 
-    from nativevl.eval.answer import accuracy_table, load_tiles, reply
-
-    results, rows = [], []
-    for q in tqdm(questions, disable=not progress, desc="vqa"):
+    def item(q: VQAQuestion) -> tuple[Any, str, list[int]]:
         pixels, patches = load_tiles(model, q.images, max_num)
-        text = reply(model, tokenizer, pixels, vqa_prompt(q, suffix), patches or None,
-                     max_new_tokens=max_new_tokens, min_new_tokens=1, prm=prm, best_of=best_of)
+        return pixels, vqa_prompt(q, suffix), patches
+
+    texts = replies(model, tokenizer, map(item, questions), max_new_tokens=max_new_tokens, min_new_tokens=1,
+                    prm=prm, best_of=best_of, total=len(questions), batch_size=batch_size,
+                    progress="vqa" if progress else None)
+    results, rows = [], []
+    for q, text in zip(questions, texts, strict=True):
         ok = is_match(text, q.answers)
         results.append((q.category, ok))
         rows.append({"id": q.id, "category": q.category, "reply": text, "answers": q.answers, "correct": ok})

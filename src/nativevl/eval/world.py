@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from nativevl.data.dataset import read_lines, read_meta
-from nativevl.eval.answer import load_tiles, reply
+from nativevl.eval.answer import load_tiles, replies
 from nativevl.infer.prm import (
     ProcessRewardModel,
     best_of_n,
@@ -71,11 +71,12 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path, meta_sft
                    splits: tuple[str, ...] = ("val", "test"), limit: int | None = None,
                    groups: tuple[str, ...] | None = None, prm: ProcessRewardModel | None = None, best_of: int = 1,
                    tokenizer: InternVLTokenizer | None = None, progress: bool = False, seed: int = 0,
-                   rows: list[dict[str, Any]] | None = None) -> dict[str, dict[str, float]]:
+                   rows: list[dict[str, Any]] | None = None, batch_size: int = 16) -> dict[str, dict[str, float]]:
     """{group: {"n", "accuracy", "baseline"}} over the held-out records of `splits` (only `groups` if given).
     Greedy, or Best-of-`best_of` with `prm`, which adds a `GROUP vote@N` row: the majority final answer of the
-    same samples. `model` is a checkpoint folder or a loaded model with its `tokenizer`. Given a `rows` list,
-    one dict per reply is appended to it (id, row of the table, reply, gold answer, correct)."""
+    same samples; greedy replies are decoded `batch_size` at a time. `model` is a checkpoint folder or a loaded
+    model with its `tokenizer`. Given a `rows` list, one dict per reply is appended to it (id, row of the table,
+    reply, gold answer, correct)."""
     if not isinstance(model, InternVL):
         tokenizer = load_tokenizer(model)
         model = InternVL.from_pretrained(model).eval()
@@ -86,23 +87,34 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path, meta_sft
     records = [(spec, json.loads(line)) for spec in read_meta(meta_eval)
                if spec.name.endswith(tuple(f"_{s}" for s in splits)) for _, line in read_lines(spec)[:limit]]
     records = [(spec, r) for spec, r in records if groups is None or group_of(task_of(r)) in groups]
-    for spec, record in tqdm(records, disable=not progress, desc="world eval"):
+    def item(i: int) -> tuple[torch.Tensor | None, str, list[int]]:
+        spec, record = records[i]
         images = record["image"] if isinstance(record["image"], list) else [record["image"]]
         max_num = spec.max_dynamic_patch or model.config.max_dynamic_patch
         pixels, patches = load_tiles(model, [spec.root / p for p in images], max(1, max_num // len(images)))
-        task, question = task_of(record), record["conversations"][0]["value"]
-        length = 128 if task == "reasoning" else 24  # the world's longest solution is under 100 tokens
+        return pixels, record["conversations"][0]["value"], patches
+
+    lengths = [128 if task_of(r) == "reasoning" else 24 for _, r in records]  # the longest solution: < 100 tokens
+    texts: list[dict[str, str]] = [{} for _ in records]
+    for length in sorted(set(lengths)):  # one decoding length per batch
+        picked = [i for i, n in enumerate(lengths) if n == length]
         if best_of > 1:  # one set of samples serves Best-of-N and its baseline, the majority vote
             if prm is None:
                 raise ValueError("Best-of-N needs a process reward model")
-            found = best_of_n(model, tokenizer, question, pixels, prm, n=best_of, max_new_tokens=length,
-                              num_patches_list=patches, seed=seed)
-            texts = {"": found[0].response,
-                     f" vote@{best_of}": majority_vote([c.response for c in sorted(found, key=lambda c: c.index)])}
+            for i in tqdm(picked, disable=not progress, desc="world eval"):
+                pixels, question, patches = item(i)
+                found = best_of_n(model, tokenizer, question, pixels, prm, n=best_of, max_new_tokens=length,
+                                  num_patches_list=patches, seed=seed)
+                texts[i] = {"": found[0].response, f" vote@{best_of}":
+                            majority_vote([c.response for c in sorted(found, key=lambda c: c.index)])}
         else:
-            texts = {"": reply(model, tokenizer, pixels, question, patches, max_new_tokens=length)}
-        gold = normalize(str(record["answer"]))
-        for suffix, text in texts.items():
+            answers = replies(model, tokenizer, map(item, picked), max_new_tokens=length, total=len(picked),
+                              batch_size=batch_size, progress="world eval" if progress else None)
+            for i, text in zip(picked, answers, strict=True):
+                texts[i] = {"": text}
+    for (_, record), replied in zip(records, texts, strict=True):
+        task, gold = task_of(record), normalize(str(record["answer"]))
+        for suffix, text in replied.items():
             guess = final_answer(text) if task == "reasoning" else normalize(text)
             hits[group_of(task) + suffix].append((guess == gold, baseline.get(task) == gold))
             if rows is not None:

@@ -177,13 +177,15 @@ def batch_chat(
     pixel_values: torch.Tensor | None,
     questions: list[str],
     generation_config: dict | GenerationConfig | None = None,
-    num_patches_list: list[int] | None = None,
+    num_patches_list: list[int] | list[int | list[int]] | None = None,
     v2pe_delta: float | None = None,
     prefixes: list[str] | None = None,
 ) -> list[str]:
     """Several independent questions at once (left-padded), as the original `batch_chat`: question k gets
-    `num_patches_list[k]` tiles under its one `<image>`. With `prefixes`, answer k starts with `prefixes[k]`
-    (already written, not returned): how Monte-Carlo step labels continue a partial solution."""
+    `num_patches_list[k]` tiles under its one `<image>`, or, given a list there, that many tiles under each of its
+    `<image>`s in order (several images: the question writes its `Image-1: <image>`... lines, as for `chat`).
+    With `prefixes`, answer k starts with `prefixes[k]` (already written, not returned): how Monte-Carlo step
+    labels continue a partial solution."""
     _check_tokenizer(model, tokenizer)
     cfg = _generation_config(model, tokenizer, generation_config)
     if num_patches_list is None:
@@ -194,11 +196,12 @@ def batch_chat(
         raise ValueError(f"{len(questions)} questions but {len(prefixes)} prefixes")
     queries = []
     for k, (question, patches) in enumerate(zip(questions, num_patches_list, strict=True)):
-        if pixel_values is not None and patches and IMAGE_PLACEHOLDER not in question:
-            question = IMAGE_PLACEHOLDER + "\n" + question
+        counts = list(patches) if isinstance(patches, (list, tuple)) else [patches] if patches else []
+        if pixel_values is not None and counts and IMAGE_PLACEHOLDER not in question:
+            question = IMAGE_PLACEHOLDER + "\n" + question  # as `chat`: several images need their own
         prompt = chat_prompt(question, None, model.config.system_message, model.config.template)
         prompt += prefixes[k] if prefixes else ""
-        queries.append(expand_images(prompt, [patches] if patches else [], model.num_image_token))
+        queries.append(expand_images(prompt, counts, model.num_image_token))
     encoded = [tokenizer.encode(q) for q in queries]
     width = max(len(e) for e in encoded)
     ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)

@@ -183,7 +183,7 @@ def best_of_n(policy: InternVL, tokenizer: InternVLTokenizer, question: str, pix
               max_new_tokens: int = 512, num_patches_list: list[int] | None = None,
               seed: int | None = None) -> list[Candidate]:
     """Sample n answers from the policy, score each with the PRM; candidates best first."""
-    from nativevl.infer.chat import batch_chat, chat
+    from nativevl.infer.chat import batch_chat
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -191,13 +191,8 @@ def best_of_n(policy: InternVL, tokenizer: InternVLTokenizer, question: str, pix
         torch.manual_seed(seed)
     settings = GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     patches = num_patches_list or ([pixel_values.shape[0]] if pixel_values is not None else [])
-    if len(patches) > 1:  # batch_chat puts one image under each question: sample several-image prompts in turn
-        responses = [chat(policy, tokenizer, pixel_values, question, settings, num_patches_list=patches)
-                     for _ in range(n)]
-    else:
-        pixels = pixel_values.repeat(n, 1, 1, 1) if pixel_values is not None else None
-        responses = batch_chat(policy, tokenizer, pixels, [question] * n, settings,
-                               num_patches_list=patches * n if patches else None)
+    pixels = pixel_values.repeat(n, 1, 1, 1) if pixel_values is not None else None
+    responses = batch_chat(policy, tokenizer, pixels, [question] * n, settings, num_patches_list=[patches] * n)
     candidates = []
     for i, response in enumerate(responses):
         score, steps = prm.score(question, response, pixel_values, patches or None)
