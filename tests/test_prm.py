@@ -13,6 +13,7 @@ from nativevl.infer.prm import (
     PRM_SYSTEM_PROMPT,
     ProcessRewardModel,
     best_of_n,
+    best_of_n_batch,
     final_answer,
     majority_vote,
     prm_record,
@@ -106,6 +107,31 @@ def test_best_of_n_returns_every_sample_scored_best_first(start):
         score, steps = prm.score(question, c.response, tiles)
         assert math.isclose(score, c.score, abs_tol=1e-6) and steps == pytest.approx(c.step_scores, abs=1e-6)
     assert len({c.response for c in candidates}) > 1  # sampled, not greedy
+
+
+def test_best_of_n_batch_keeps_each_questions_samples_apart(start, monkeypatch):
+    """Two questions' samples decoded in one batch: each question gets its own n samples, scored against it."""
+    import nativevl.infer.chat as chat_module
+
+    model, tok, tiles = start
+    prm = ProcessRewardModel(model, tok)
+    asked = []
+    real = chat_module.batch_chat
+
+    def spy(policy, tokenizer, pixels, questions, settings, num_patches_list=None, prefixes=None):  # noqa: ANN001, ANN202
+        asked.append((list(questions), pixels.shape[0], num_patches_list))
+        return real(policy, tokenizer, pixels, questions, settings, num_patches_list=num_patches_list)
+
+    monkeypatch.setattr(chat_module, "batch_chat", spy)
+    items = [("What is the total of all the bars?", tiles, []), ("Which bar is the lowest?", tiles, [])]
+    found = best_of_n_batch(model, tok, items, prm, n=3, max_new_tokens=12, seed=0)
+    k = tiles.shape[0]
+    assert asked == [([items[0][0]] * 3 + [items[1][0]] * 3, 6 * k, [[k]] * 6)]
+    assert [len(c) for c in found] == [3, 3]
+    for (question, _, _), candidates in zip(items, found, strict=True):
+        assert sorted(c.index for c in candidates) == [0, 1, 2]
+        for c in candidates:
+            assert math.isclose(prm.score(question, c.response, tiles)[0], c.score, abs_tol=1e-6)
 
 
 def test_batch_chat_prefix_continues_the_assistant_turn(start, monkeypatch):

@@ -60,28 +60,27 @@ def replies(model: Any, tokenizer: Any, items: Iterable[Item], max_new_tokens: i
             total: int | None = None, progress: str | None = None) -> list[str]:
     """One reply per item: greedy, `batch_size` questions decoded together (left-padded, as the original
     `batch_chat`; a small model's decode step costs about the same for 1 row as for 16), or the PRM's best of
-    `best_of` samples (temperature 0.7, top-p 0.95, seeded), one question at a time. Items are drawn one batch
-    at a time, so a generator keeps only that batch's tiles in memory."""
+    `best_of` samples (temperature 0.7, top-p 0.95, seeded), `batch_size // best_of` questions' samples together.
+    Items are drawn one batch at a time, so a generator keeps only that batch's tiles in memory."""
     import torch
     from tqdm import tqdm
 
     from nativevl.infer.chat import batch_chat
-    from nativevl.infer.prm import best_of_n
+    from nativevl.infer.prm import best_of_n_batch
 
     if best_of > 1 and prm is None:
         raise ValueError("Best-of-N needs a process reward model")
     items = iter(items)
     out: list[str] = []
     with tqdm(total=total, disable=progress is None, desc=progress) as bar:
-        while chunk := list(islice(items, 1 if best_of > 1 else batch_size)):
-            tiles = [pixels for pixels, _, _ in chunk if pixels is not None]
-            pixels = torch.cat(tiles) if tiles else None
+        while chunk := list(islice(items, max(1, batch_size // best_of))):
             if best_of > 1:
-                _, question, patches = chunk[0]
-                out.append(best_of_n(model, tokenizer, question, pixels, prm, n=best_of, max_new_tokens=max_new_tokens,
-                                     num_patches_list=patches or None, seed=seed)[0].response)
+                found = best_of_n_batch(model, tokenizer, [(q, pixels, n) for pixels, q, n in chunk], prm, best_of,
+                                        max_new_tokens=max_new_tokens, seed=seed)
+                out += [candidates[0].response for candidates in found]
             else:
-                out += batch_chat(model, tokenizer, pixels, [q for _, q, _ in chunk],
+                tiles = [pixels for pixels, _, _ in chunk if pixels is not None]
+                out += batch_chat(model, tokenizer, torch.cat(tiles) if tiles else None, [q for _, q, _ in chunk],
                                   {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens},
                                   num_patches_list=[list(patches) for _, _, patches in chunk])
             bar.update(len(chunk))

@@ -19,7 +19,7 @@ from nativevl.data.dataset import read_lines, read_meta
 from nativevl.eval.answer import load_tiles, replies
 from nativevl.infer.prm import (
     ProcessRewardModel,
-    best_of_n,
+    best_of_n_batch,
     final_answer,
     majority_vote,
 )
@@ -101,12 +101,14 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path, meta_sft
         if best_of > 1:  # one set of samples serves Best-of-N and its baseline, the majority vote
             if prm is None:
                 raise ValueError("Best-of-N needs a process reward model")
-            for i in tqdm(picked, disable=not progress, desc="world eval"):
-                pixels, question, patches = item(i)
-                found = best_of_n(model, tokenizer, question, pixels, prm, n=best_of, max_new_tokens=length,
-                                  num_patches_list=patches, seed=seed)
-                texts[i] = {"": found[0].response, f" vote@{best_of}":
-                            majority_vote([c.response for c in sorted(found, key=lambda c: c.index)])}
+            per_batch = max(1, batch_size // best_of)
+            for start in tqdm(range(0, len(picked), per_batch), disable=not progress, desc="world eval"):
+                chunk = picked[start:start + per_batch]
+                found = best_of_n_batch(model, tokenizer, [(q, pixels, n) for pixels, q, n in map(item, chunk)], prm,
+                                        best_of, max_new_tokens=length, seed=seed + start)
+                for i, candidates in zip(chunk, found, strict=True):
+                    texts[i] = {"": candidates[0].response, f" vote@{best_of}":
+                                majority_vote([c.response for c in sorted(candidates, key=lambda c: c.index)])}
         else:
             answers = replies(model, tokenizer, map(item, picked), max_new_tokens=length, total=len(picked),
                               batch_size=batch_size, progress="world eval" if progress else None)

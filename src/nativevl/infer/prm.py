@@ -183,6 +183,16 @@ def best_of_n(policy: InternVL, tokenizer: InternVLTokenizer, question: str, pix
               max_new_tokens: int = 512, num_patches_list: list[int] | None = None,
               seed: int | None = None) -> list[Candidate]:
     """Sample n answers from the policy, score each with the PRM; candidates best first."""
+    return best_of_n_batch(policy, tokenizer, [(question, pixel_values, num_patches_list or [])], prm, n,
+                           temperature, top_p, max_new_tokens, seed)[0]
+
+
+def best_of_n_batch(policy: InternVL, tokenizer: InternVLTokenizer,
+                    items: Sequence[tuple[str, torch.Tensor | None, list[int]]], prm: ProcessRewardModel, n: int = 8,
+                    temperature: float = 0.7, top_p: float = 0.95, max_new_tokens: int = 512,
+                    seed: int | None = None) -> list[list[Candidate]]:
+    """`best_of_n` for several (question, tiles, tiles per image) at once: all their samples are decoded in one
+    batch (a small policy's decode step costs about the same for 8 rows as for 16)."""
     from nativevl.infer.chat import batch_chat
 
     if n < 1:
@@ -190,11 +200,16 @@ def best_of_n(policy: InternVL, tokenizer: InternVLTokenizer, question: str, pix
     if seed is not None:
         torch.manual_seed(seed)
     settings = GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    patches = num_patches_list or ([pixel_values.shape[0]] if pixel_values is not None else [])
-    pixels = pixel_values.repeat(n, 1, 1, 1) if pixel_values is not None else None
-    responses = batch_chat(policy, tokenizer, pixels, [question] * n, settings, num_patches_list=[patches] * n)
-    candidates = []
-    for i, response in enumerate(responses):
-        score, steps = prm.score(question, response, pixel_values, patches or None)
-        candidates.append(Candidate(response, score, steps, i))
-    return sorted(candidates, key=lambda c: -c.score)
+    questions, tiles, patches = [], [], []
+    for question, pixels, counts in items:
+        questions += [question] * n
+        patches += [counts or ([pixels.shape[0]] if pixels is not None else [])] * n
+        tiles += [pixels] * n if pixels is not None else []
+    responses = batch_chat(policy, tokenizer, torch.cat(tiles) if tiles else None, questions, settings,
+                           num_patches_list=patches)
+    found = []
+    for k, (question, pixels, _) in enumerate(items):
+        candidates = [Candidate(response, *prm.score(question, response, pixels, patches[k * n] or None), i)
+                      for i, response in enumerate(responses[k * n:(k + 1) * n])]
+        found.append(sorted(candidates, key=lambda c: -c.score))
+    return found
