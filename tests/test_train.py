@@ -120,6 +120,16 @@ def test_freezing_trains_only_what_is_unfrozen(world, tmp_path):
     assert changed == {"mlp1"}
 
 
+def test_vision_lr_scale_moves_only_the_vits_rate(world, tmp_path):
+    trainer = Trainer(config(world, tmp_path, steps=4, **{"optim.vision_lr_scale": 3.0, "optim.warmup_ratio": 0.0}))
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    for group in trainer.optimizer.param_groups:
+        vit = {names[id(p)].startswith("vision_model.") for p in group["params"]}
+        assert len(vit) == 1  # a group holds ViT parameters or none
+        assert group["lr"] == pytest.approx(1e-3 * (3.0 if vit.pop() else 1.0))
+    assert len(trainer.optimizer.param_groups) == 4  # ViT or not, decayed or not
+
+
 def test_non_finite_losses_are_skipped_then_stop_the_run(world, tmp_path, caplog):
     trainer = Trainer(config(world, tmp_path, steps=5, **{"optim.lr": 1e30, "max_nonfinite": 2,
                                                          "optim.max_grad_norm": 0.0}))

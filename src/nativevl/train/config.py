@@ -49,6 +49,7 @@ class OptimSpec:
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     max_grad_norm: float = 1.0  # gradient clipping (0: off)
     grad_accum: int = 1  # micro-batches per step and rank; each is its own data shard
+    vision_lr_scale: float = 1.0  # the ViT's learning rate is lr times this (same schedule)
 
 
 @dataclass

@@ -247,13 +247,15 @@ class Trainer:
         self._shard(model)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        decay, no_decay = [], []
+        o = self.cfg.optim
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for name, param in self.model.named_parameters():
             if param.requires_grad:
-                (no_decay if _no_decay(name, param) else decay).append(param)
-        o = self.cfg.optim
-        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+                groups.setdefault((name.startswith("vision_model."), _no_decay(name, param)), []).append(param)
+        return torch.optim.AdamW(
+            [{"params": params, "lr": o.lr * (o.vision_lr_scale if vit else 1.0),
+              "weight_decay": 0.0 if no_decay else o.weight_decay} for (vit, no_decay), params in sorted(groups.items())],
+            lr=o.lr, betas=o.betas, eps=o.eps)
 
     # --- the loop ---------------------------------------------------------------------------------------------
 
@@ -323,7 +325,7 @@ class Trainer:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf")))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.cfg.optim.lr * self.scheduler.lr_lambdas[0](self.step)  # the base rate (the ViT may scale it)
         self.scheduler.step()
         self.step += 1
         return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
