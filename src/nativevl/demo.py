@@ -78,7 +78,7 @@ def _align(out: Path, world: Path, sft: Path, best_of: int, questions: int, step
 
 
 def run_demo(out: Path, steps: dict[str, int] | None = None, align: bool = True, best_of: int = 8,
-             prm_questions: int = 48, scale: float = 1.0, eval_limit: int | None = None) -> dict:
+             prm_questions: int = 32, scale: float = 1.0, eval_limit: int | None = None) -> dict:
     """The demo; `steps` overrides a stage's steps ({"pretrain", "sft", "mpo", "prm"}); `scale` and `eval_limit`
     shrink the world and the held-out sets (per split) for a quick look."""
     steps = steps or {}

@@ -98,7 +98,7 @@ DEMO_MODEL = {
 
 def demo_pretrain() -> TrainConfig:
     cfg = pretrain()
-    cfg.name, cfg.out, cfg.steps = "demo_pretrain", "runs/demo/pretrain", 500
+    cfg.name, cfg.out, cfg.steps = "demo_pretrain", "runs/demo/pretrain", 480
     cfg.model = ModelSpec(preset="tiny", overrides=dict(DEMO_MODEL))
     # V2PE off: at this scale and length a random δ kept the model from using the image at all (held-out colour
     # 13.8% with δ random vs 86.2% off, 300 + 300 steps); the paper's setting is `v2pe="random"`.
@@ -115,7 +115,7 @@ def demo_pretrain() -> TrainConfig:
 
 def demo_sft() -> TrainConfig:
     cfg = demo_pretrain()
-    cfg.name, cfg.stage, cfg.out, cfg.steps = "demo_sft", "sft", "runs/demo/sft", 500
+    cfg.name, cfg.stage, cfg.out, cfg.steps = "demo_sft", "sft", "runs/demo/sft", 440
     cfg.model = ModelSpec(checkpoint="runs/demo/pretrain/final")
     cfg.data.meta, cfg.data.text_ratio = "world/meta_sft.json", None
     cfg.optim = OptimSpec(lr=1e-3, warmup_ratio=0.05, min_lr_ratio=0.1)
@@ -124,7 +124,7 @@ def demo_sft() -> TrainConfig:
 
 def demo_mpo() -> TrainConfig:
     cfg = demo_sft()
-    cfg.name, cfg.stage, cfg.out, cfg.steps = "demo_mpo", "mpo", "runs/demo/mpo", 60
+    cfg.name, cfg.stage, cfg.out, cfg.steps = "demo_mpo", "mpo", "runs/demo/mpo", 40
     cfg.model = ModelSpec(checkpoint="runs/demo/sft/final")
     cfg.data.meta = "world/meta_mpo.json"
     # the paper's 2e-7 moves a 8B model pre-trained on billions of tokens; this toy one needs a larger step
@@ -134,7 +134,7 @@ def demo_mpo() -> TrainConfig:
 
 def demo_prm() -> TrainConfig:
     cfg = demo_sft()
-    cfg.name, cfg.out, cfg.steps = "demo_prm", "runs/demo/prm", 100
+    cfg.name, cfg.out, cfg.steps = "demo_prm", "runs/demo/prm", 60
     cfg.model = ModelSpec(checkpoint="runs/demo/sft/final")
     cfg.data.meta = "prm/meta_prm.json"
     cfg.optim = OptimSpec(lr=5e-4, warmup_ratio=0.05, min_lr_ratio=0.1)
