@@ -96,6 +96,23 @@ def test_one_pass_scores_equal_one_prefix_pass_per_step(start):
     assert ProcessRewardModel(model, tok, aggregation="last").aggregate([0.5, 0.2, 0.9]) == 0.9
 
 
+def test_scoring_many_responses_in_one_forward_equals_one_by_one(start):
+    """Right-padded rows of different lengths in one forward give each response its own scores."""
+    model, tok, tiles = start
+    question = "<image>\nWhat is the total of all the bars?"
+    responses = ["Answer: 7", "The bars show 3 and 4.\n\nAdding them: 3 + 4 = 7.\n\nAnswer: 7",
+                 "The bars show 5 and 4.\n\nAnswer: 9"]
+    prm = ProcessRewardModel(model, tok)
+    alone = [prm.step_scores(question, r, tiles) for r in responses]
+    assert [len(s) for s in alone] == [1, 3, 2]
+    together = prm.score_many(question, responses, tiles)
+    for (total, steps), expected in zip(together, alone, strict=True):
+        assert steps == pytest.approx(expected, abs=1e-5) and total == pytest.approx(sum(expected) / len(expected))
+    prm.LOGITS_BUDGET = 1  # one row per forward
+    for (_, steps), expected in zip(prm.score_many(question, responses, tiles), alone, strict=True):
+        assert steps == pytest.approx(expected, abs=1e-5)
+
+
 def test_best_of_n_returns_every_sample_scored_best_first(start):
     model, tok, tiles = start
     prm = ProcessRewardModel(model, tok)

@@ -118,30 +118,53 @@ class ProcessRewardModel:
             prompt = expand_images(prompt, num_patches, self.model.num_image_token)
         return prompt, len(steps)
 
+    LOGITS_BUDGET = 1 << 28  # logits elements per scoring forward (1 GiB in float32): rows are batched up to it
+
     @torch.inference_mode()
     def step_scores(self, question: str, response: str, pixel_values: torch.Tensor | None = None,
                     num_patches_list: list[int] | None = None) -> list[float]:
         """P(`+`) for every step of `response`."""
-        steps = split_steps(response, self.max_steps) or [response.strip()]
+        return self.step_scores_many(question, [response], pixel_values, num_patches_list)[0]
+
+    @torch.inference_mode()
+    def step_scores_many(self, question: str, responses: Sequence[str], pixel_values: torch.Tensor | None = None,
+                         num_patches_list: list[int] | None = None) -> list[list[float]]:
+        """`step_scores` of several responses to one question, in as few forwards as `LOGITS_BUDGET` allows:
+        rows are right-padded, and under causal attention no real token sees the padding after it."""
         if pixel_values is not None and num_patches_list is None:
             num_patches_list = [pixel_values.shape[0]]
-        prompt, n = self._prompt(question, steps, num_patches_list or [])
-        ids = torch.tensor([self.tokenizer.encode(prompt)])
         assistant = self.tokenizer.encode(get_template(self.model.config.template).roles[1])
-        # positions of the `+` placeholders: right after each `<|im_start|>assistant\n`
-        row, width = ids[0].tolist(), len(assistant)
-        marks = [i + width for i in range(len(row) - width) if row[i:i + width] == assistant]
-        if len(marks) != n:
-            raise RuntimeError(f"found {len(marks)} assistant turns for {n} steps")
+        width = len(assistant)
+        rows, marks = [], []
+        for response in responses:
+            steps = split_steps(response, self.max_steps) or [response.strip()]
+            prompt, n = self._prompt(question, steps, num_patches_list or [])
+            row = self.tokenizer.encode(prompt)
+            # positions of the `+` placeholders: right after each `<|im_start|>assistant\n`
+            found = [i + width for i in range(len(row) - width) if row[i:i + width] == assistant]
+            if len(found) != n:
+                raise RuntimeError(f"found {len(found)} assistant turns for {n} steps")
+            rows.append(row)
+            marks.append(found)
         dtype = next(self.model.parameters()).dtype
         pv = pixel_values.to(dtype) if pixel_values is not None else None
-        logits = self.model(ids, pixel_values=pv).logits[0].float()
-        at = logits[[m - 1 for m in marks]]  # the token before each `+` predicts it
-        if self.normalize == "pair":
-            probs = torch.softmax(at[:, [self.good_id, self.bad_id]], dim=-1)[:, 0]
-        else:
-            probs = torch.softmax(at, dim=-1)[:, self.good_id]
-        return probs.tolist()
+        per_forward = max(1, self.LOGITS_BUDGET // (max(map(len, rows)) * self.model.config.text.vocab_size))
+        scores = []
+        for start in range(0, len(rows), per_forward):
+            chunk = rows[start:start + per_forward]
+            ids = torch.full((len(chunk), max(map(len, chunk))), self.tokenizer.pad_token_id, dtype=torch.long)
+            for r, row in enumerate(chunk):
+                ids[r, :len(row)] = torch.tensor(row)
+            tiles = pv.repeat(len(chunk), 1, 1, 1) if pv is not None else None
+            logits = self.model(ids.to(_device(self.model)), pixel_values=tiles).logits.float()
+            for r, found in enumerate(marks[start:start + len(chunk)]):
+                at = logits[r, [m - 1 for m in found]]  # the token before each `+` predicts it
+                if self.normalize == "pair":
+                    probs = torch.softmax(at[:, [self.good_id, self.bad_id]], dim=-1)[:, 0]
+                else:
+                    probs = torch.softmax(at, dim=-1)[:, self.good_id]
+                scores.append(probs.tolist())
+        return scores
 
     def aggregate(self, scores: Sequence[float]) -> float:
         if self.aggregation == "min":
@@ -154,6 +177,15 @@ class ProcessRewardModel:
               num_patches_list: list[int] | None = None) -> tuple[float, list[float]]:
         steps = self.step_scores(question, response, pixel_values, num_patches_list)
         return self.aggregate(steps), steps
+
+    def score_many(self, question: str, responses: Sequence[str], pixel_values: torch.Tensor | None = None,
+                   num_patches_list: list[int] | None = None) -> list[tuple[float, list[float]]]:
+        return [(self.aggregate(steps), steps)
+                for steps in self.step_scores_many(question, responses, pixel_values, num_patches_list)]
+
+
+def _device(model: InternVL) -> torch.device:
+    return model.language_model.lm_head.weight.device
 
 
 @dataclass
@@ -209,7 +241,9 @@ def best_of_n_batch(policy: InternVL, tokenizer: InternVLTokenizer,
                            num_patches_list=patches)
     found = []
     for k, (question, pixels, _) in enumerate(items):
-        candidates = [Candidate(response, *prm.score(question, response, pixels, patches[k * n] or None), i)
-                      for i, response in enumerate(responses[k * n:(k + 1) * n])]
+        texts = responses[k * n:(k + 1) * n]
+        scored = prm.score_many(question, texts, pixels, patches[k * n] or None)
+        candidates = [Candidate(text, score, steps, i)
+                      for i, (text, (score, steps)) in enumerate(zip(texts, scored, strict=True))]
         found.append(sorted(candidates, key=lambda c: -c.score))
     return found
