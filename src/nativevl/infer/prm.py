@@ -146,8 +146,8 @@ class ProcessRewardModel:
                 raise RuntimeError(f"found {len(found)} assistant turns for {n} steps")
             rows.append(row)
             marks.append(found)
-        dtype = next(self.model.parameters()).dtype
-        pv = pixel_values.to(dtype) if pixel_values is not None else None
+        device, dtype = _device(self.model), next(self.model.parameters()).dtype
+        pv = pixel_values.to(device, dtype) if pixel_values is not None else None
         per_forward = max(1, self.LOGITS_BUDGET // (max(map(len, rows)) * self.model.config.text.vocab_size))
         scores = []
         for start in range(0, len(rows), per_forward):
@@ -156,7 +156,7 @@ class ProcessRewardModel:
             for r, row in enumerate(chunk):
                 ids[r, :len(row)] = torch.tensor(row)
             tiles = pv.repeat(len(chunk), 1, 1, 1) if pv is not None else None
-            logits = self.model(ids.to(_device(self.model)), pixel_values=tiles).logits.float()
+            logits = self.model(ids.to(device), pixel_values=tiles).logits.float()
             for r, found in enumerate(marks[start:start + len(chunk)]):
                 at = logits[r, [m - 1 for m in found]]  # the token before each `+` predicts it
                 if self.normalize == "pair":
