@@ -87,6 +87,9 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path, meta_sft
     records = [(spec, json.loads(line)) for spec in read_meta(meta_eval)
                if spec.name.endswith(tuple(f"_{s}" for s in splits)) for _, line in read_lines(spec)[:limit]]
     records = [(spec, r) for spec, r in records if groups is None or group_of(task_of(r)) in groups]
+    if best_of > 1 and prm is None:
+        raise ValueError("Best-of-N needs a process reward model")
+
     def item(i: int) -> tuple[torch.Tensor | None, str, list[int]]:
         spec, record = records[i]
         images = record["image"] if isinstance(record["image"], list) else [record["image"]]
@@ -99,8 +102,6 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path, meta_sft
     for length in sorted(set(lengths)):  # one decoding length per batch
         picked = [i for i, n in enumerate(lengths) if n == length]
         if best_of > 1:  # one set of samples serves Best-of-N and its baseline, the majority vote
-            if prm is None:
-                raise ValueError("Best-of-N needs a process reward model")
             per_batch = max(1, batch_size // best_of)
             for start in tqdm(range(0, len(picked), per_batch), disable=not progress, desc="world eval"):
                 chunk = picked[start:start + per_batch]
