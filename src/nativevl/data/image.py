@@ -7,6 +7,7 @@ tile is scaled to [0, 1] and normalised with the ImageNet mean and std.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Pillow's own decompression-bomb threshold (about 89.5 megapixels); pass max_pixels to allow more.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
-ImageSource = str | Path | Image.Image
+ImageSource = str | Path | Image.Image | bytes  # bytes: an encoded image file's contents
 
 
 class ImageError(ValueError):
@@ -91,21 +92,26 @@ def normalize(tiles: list[Image.Image], image_size: int = 448) -> torch.Tensor:
 
 
 def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open a file (or take a PIL image) and convert it to RGB as the original does (`.convert('RGB')`:
+    """Open a file (or its bytes, or take a PIL image) and convert it to RGB as the original does (`.convert('RGB')`:
     alpha and palette transparency are dropped, not composited). Bad input raises ImageError naming it."""
     if isinstance(source, Image.Image):
         name, image = "image", source
     else:
-        path = Path(source)
-        name = str(path)
-        if not path.is_file():
-            raise ImageError(f"{name}: no such file")
-        if path.stat().st_size == 0:
-            raise ImageError(f"{name}: the file is empty")
+        if isinstance(source, bytes):
+            name, data = "image data", io.BytesIO(source)
+            if not source:
+                raise ImageError(f"{name}: empty")
+        else:
+            data = Path(source)
+            name = str(data)
+            if not data.is_file():
+                raise ImageError(f"{name}: no such file")
+            if data.stat().st_size == 0:
+                raise ImageError(f"{name}: the file is empty")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
-                image = Image.open(path)
+                image = Image.open(data)
         except Image.DecompressionBombError as e:
             raise ImageError(f"{name}: too many pixels ({e})") from None
         except (UnidentifiedImageError, OSError, ValueError) as e:

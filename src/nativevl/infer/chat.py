@@ -142,21 +142,39 @@ def stream_chat(
     cfg, _, ids, pixel_values = _single_turn(model, tokenizer, pixel_values, question, generation_config, history,
                                              num_patches_list)
     steps = generate_steps(model, ids, cfg, pixel_values, position_ids=_positions(model, ids, None, v2pe_delta))
-    tokens: list[int] = []
-    sent = ""
+    text = TextStream(tokenizer, cfg.stop_strings)
     for token, done in steps:
-        if not (bool(done[0]) and int(token[0]) in cfg.eos_token_id):
-            tokens.append(int(token[0]))
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        cut = min((text.find(s) for s in cfg.stop_strings if s in text), default=-1)
-        if cut >= 0:
-            text = text[:cut]
-        ready = text if (cut >= 0 or bool(done[0])) else _safe_prefix(text, cfg.stop_strings)
-        if len(ready) > len(sent):
-            yield ready[len(sent):]
-            sent = ready
-        if cut >= 0:
+        finished = bool(done[0])
+        piece = text.push(None if finished and int(token[0]) in cfg.eos_token_id else int(token[0]), finished)
+        if piece:
+            yield piece
+        if text.stopped:
             return
+
+
+class TextStream:
+    """Generated tokens to text pieces, for streaming: a piece never ends in half a UTF-8 character or in the
+    start of a stop string, and the text is cut where a stop string appears (`stopped` is then set)."""
+
+    def __init__(self, tokenizer: InternVLTokenizer, stop_strings: Sequence[str] = ()) -> None:
+        self.tokenizer, self.stop_strings = tokenizer, list(stop_strings)
+        self.tokens: list[int] = []
+        self.sent = ""
+        self.stopped = False
+
+    def push(self, token: int | None, final: bool = False) -> str:
+        """Add a token (None: nothing new, e.g. the eos) and return the text that can be shown now."""
+        if token is not None:
+            self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        cut = min((text.find(s) for s in self.stop_strings if s in text), default=-1)
+        if cut >= 0:
+            text, self.stopped = text[:cut], True
+        ready = text if (self.stopped or final) else _safe_prefix(text, self.stop_strings)
+        if len(ready) <= len(self.sent):
+            return ""
+        piece, self.sent = ready[len(self.sent):], ready
+        return piece
 
 
 def _safe_prefix(text: str, stops: Sequence[str]) -> str:

@@ -90,6 +90,36 @@ class KVCache:
         self.values[layer][:, :, self.length : end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
+    # --- cache surgery for dynamic batching (serve/engine.py): rows leave, batches join ---
+
+    def select(self, rows: torch.Tensor, first_slot: int = 0) -> "KVCache":
+        """A cache of only `rows`, without the slots before `first_slot` (padding that every kept row masks)."""
+        out = KVCache.__new__(KVCache)
+        out.keys = [k[rows, :, first_slot:] for k in self.keys]
+        out.values = [v[rows, :, first_slot:] for v in self.values]
+        out.length, out.max_len = self.length - first_slot, self.max_len - first_slot
+        return out
+
+    @staticmethod
+    def join(caches: list["KVCache"], room: int) -> "KVCache":
+        """The rows of every cache in one, each right-aligned to the longest (the slots in front of a shorter one
+        are zeros, which its rows must mask as left padding), with `room` free slots after them."""
+        length = max(c.length for c in caches)
+        k0 = caches[0].keys[0]
+        shape = (sum(c.keys[0].shape[0] for c in caches), k0.shape[1], length + room, k0.shape[3])
+        out = KVCache.__new__(KVCache)
+        out.keys = [k0.new_zeros(shape) for _ in caches[0].keys]
+        out.values = [k0.new_zeros(shape) for _ in caches[0].keys]
+        out.length, out.max_len = length, length + room
+        row = 0
+        for c in caches:
+            rows = slice(row, row + c.keys[0].shape[0])
+            for layer in range(len(out.keys)):
+                out.keys[layer][rows, :, length - c.length:length] = c.keys[layer][:, :, :c.length]
+                out.values[layer][rows, :, length - c.length:length] = c.values[layer][:, :, :c.length]
+            row = rows.stop
+        return out
+
 
 # --- decoder ------------------------------------------------------------------------------------------------
 
