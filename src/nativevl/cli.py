@@ -7,6 +7,7 @@
   nativevl eval MODEL (--mmmu DIR | --vqa PATH | --world WORLD_DIR) [--best-of N --prm PRM] [--out F]
   nativevl world generate OUT [--seed 0] [--scale 1.0]
   nativevl prm-data POLICY WORLD_DIR OUT [--questions 64] [--samples 4] [--k 16]
+  nativevl serve MODEL [--host 127.0.0.1] [--port 8000] [--max-batch 16] [--allowed-local-media-path DIR]
   nativevl train RECIPE_OR_TOML [--set key=value]...
 """
 
@@ -195,6 +196,21 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), steps, align=not args.no_align, best_of=args.best_of)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import logging
+
+    from nativevl.serve.api import ServeConfig, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = ServeConfig(model=args.model, model_name=args.model_name, max_batch=args.max_batch,
+                      max_body_bytes=args.max_body_bytes, max_images=args.max_images, max_tiles=args.max_tiles,
+                      max_model_len=args.max_model_len, default_max_tokens=args.default_max_tokens, max_n=args.max_n,
+                      allowed_local_media_path=args.allowed_local_media_path,
+                      allow_remote_images=args.allow_remote_images, dtype=DTYPES.get(args.dtype), device=args.device,
+                      v2pe_delta=args.v2pe_delta)
+    serve(cfg, args.host, args.port, args.graceful_timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nativevl", description="InternVL3 in plain PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -297,6 +313,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-align", action="store_true", help="stop after SFT (no MPO, PRM or Best-of-N)")
     p.add_argument("--best-of", type=int, default=8, help="samples per question for Best-of-N (default 8)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible API (/v1/chat/completions) and a chat page at /",
+                       description="Requests that arrive together are decoded together. Images come as data URLs; "
+                       "local paths and remote URLs only where the flags below allow them.")
+    p.add_argument("model", help="checkpoint folder with its tokenizer files")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-name", help="the model id clients send (default: the folder's name)")
+    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
+    p.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024, help="request size limit (default 32 MiB)")
+    p.add_argument("--max-images", type=int, default=8, help="images per request (default 8)")
+    p.add_argument("--max-tiles", type=int, help="tiles per image (default: the checkpoint's max_dynamic_patch)")
+    p.add_argument("--max-model-len", type=int, help="prompt + answer tokens (default: the tokenizer's limit)")
+    p.add_argument("--default-max-tokens", type=int, default=1024,
+                   help="answer length when a request sets no max_tokens (default 1024)")
+    p.add_argument("--max-n", type=int, default=8, help="choices per request (default 8)")
+    p.add_argument("--allowed-local-media-path", metavar="DIR",
+                   help="let image_url name files under DIR (default: no local files)")
+    p.add_argument("--allow-remote-images", action="store_true", help="let image_url be http(s) (default: off)")
+    p.add_argument("--graceful-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests get to finish at shutdown before they are cancelled")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
+    p.add_argument("--device", help="cpu, cuda, … (default cpu)")
+    p.add_argument("--v2pe-delta", type=float, help="V2PE position step of visual tokens (default: integer)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server: `engine` batches the decoding, `api` speaks HTTP."""
