@@ -171,15 +171,19 @@ def test_stop_strings_cut_the_answer(client, pipe, ckpt):
 
 
 @pytest.fixture(scope="module")
-def hits():
-    """A web server on loopback that counts requests: the API must never make the server fetch a URL."""
+def hits(ckpt):
+    """A web server on loopback that counts requests and serves photo.png: the API must not make the server
+    fetch a URL unless the operator allows remote images."""
     count = []
+    photo = (ckpt / "photo.png").read_bytes()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
             count.append(self.path)
             self.send_response(200)
+            self.send_header("content-type", "image/png")
             self.end_headers()
+            self.wfile.write(photo)
 
         def log_message(self, *args):
             pass
@@ -311,8 +315,15 @@ def test_load_32_clients_for_20_seconds(server, pipe, ckpt):
     assert len(done) > 64  # every client got several answers, all complete and correct
 
 
-def test_graceful_shutdown_finishes_in_flight_requests(ckpt):
-    proc, url = start_server(ckpt, "--graceful-timeout", "60")
+def test_remote_images_when_allowed_and_graceful_shutdown(ckpt, pipe, hits):
+    proc, url = start_server(ckpt, "--graceful-timeout", "60", "--allow-remote-images", "--max-tiles", "6")
+    port, fetched = hits
+    remote = f"http://127.0.0.1:{port}/photo.png"
+    got = post(url, {"model": "tiny", "messages": [user("What is it?", remote)], "max_tokens": 6}).json()
+    assert got["choices"][0]["message"]["content"] == pipe("What is it?", images=[ckpt / "photo.png"],
+                                                           max_new_tokens=6)
+    assert fetched[-1] == "/photo.png"
+    # graceful shutdown: a stream in flight when SIGTERM arrives still finishes
     body = {"model": "tiny", "messages": [{"role": "user", "content": "go"}], "max_tokens": 400, "stream": True}
     lines = []
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
