@@ -42,11 +42,20 @@ class VisionConfig:
         return (self.image_size // self.patch_size) ** 2
 
 
+# The LLMs InternVL3 uses, all one decoder (RMSNorm, GQA with RoPE, SwiGLU MLP); they differ in biases, the
+# head size and how checkpoints name and pack the weights (weights.py):
+# - Qwen2ForCausalLM: q/k/v biases (1B, 2B, 8B, 14B, 38B, 78B);
+# - InternLM2ForCausalLM: no biases; the original 9B folder stores InternLM3-8B's weights this way (one
+#   interleaved `wqkv` per layer, `wo`, `w1/w2/w3`, `tok_embeddings`, `output`);
+# - LlamaForCausalLM: no biases, explicit head size: InternLM3 as transformers (and the -hf layout) write it.
+ARCHITECTURES = ("Qwen2ForCausalLM", "InternLM2ForCausalLM", "LlamaForCausalLM")
+
+
 @dataclass
 class TextConfig:
-    """The Qwen2 decoder. Defaults are InternVL3-1B's Qwen2.5-0.5B with the 9 InternVL tokens added."""
+    """The decoder. Defaults are InternVL3-1B's Qwen2.5-0.5B with the 9 InternVL tokens added."""
 
-    architecture: str = "Qwen2ForCausalLM"
+    architecture: str = "Qwen2ForCausalLM"  # one of ARCHITECTURES
     vocab_size: int = 151674
     hidden_size: int = 896
     intermediate_size: int = 4864
@@ -59,7 +68,8 @@ class TextConfig:
     rope_scaling: dict[str, Any] | None = field(default_factory=lambda: {"type": "dynamic", "factor": 2.0})
     rms_norm_eps: float = 1e-6
     hidden_act: str = "silu"
-    attention_bias: bool = True  # Qwen2: q/k/v projections carry a bias, o_proj does not
+    attention_bias: bool = True  # Qwen2: q/k/v projections carry a bias, o_proj does not; InternLM: none
+    head_dim_override: int | None = None  # None: hidden_size / num_attention_heads (Llama-style configs set it)
     tie_word_embeddings: bool = False  # InternVL forces False for every released size
     initializer_range: float = 0.02
     attention_dropout: float = 0.0
@@ -69,10 +79,13 @@ class TextConfig:
 
     def __post_init__(self) -> None:
         self.rope_scaling = normalize_rope_scaling(self.rope_scaling)
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"LLM architecture {self.architecture!r} is not supported; supported: "
+                             f"{', '.join(ARCHITECTURES)}")
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.head_dim_override or self.hidden_size // self.num_attention_heads
 
 
 ROPE_TYPES = ("default", "dynamic")
@@ -180,6 +193,12 @@ PRESETS: dict[str, ModelConfig] = {
     "internvl3-1b": ModelConfig(VIT_300M, _text(896, 4864, 24, 14, 2)),
     "internvl3-2b": ModelConfig(VIT_300M, _text(1536, 8960, 28, 12, 2)),
     "internvl3-8b": ModelConfig(VIT_300M, _text(3584, 18944, 28, 28, 4)),
+    # InternLM3-8B's shape, as the original 9B folder stores it (InternLM2 layout); vocabulary, RoPE and token
+    # ids are those of internlm3-8b-instruct (docs/internvl3-9b.md says which values are confirmed)
+    "internvl3-9b": ModelConfig(VIT_300M, _text(
+        4096, 10240, 48, 32, 2, architecture="InternLM2ForCausalLM", vocab_size=128512, rope_theta=50_000_000.0,
+        rope_scaling={"type": "dynamic", "factor": 6.0}, rms_norm_eps=1e-5, attention_bias=False, bos_token_id=1,
+        eos_token_id=2, pad_token_id=2), img_context_token_id=128514),
     "internvl3-14b": ModelConfig(VIT_300M, _text(5120, 13824, 48, 40, 8)),
     "internvl3-38b": ModelConfig(VIT_6B, _text(5120, 27648, 64, 40, 8)),
     "internvl3-78b": ModelConfig(VIT_6B, _text(8192, 29568, 80, 64, 8)),
@@ -202,11 +221,18 @@ PRESETS: dict[str, ModelConfig] = {
         _text(64, 128, 2, 4, 2, vocab_size=1000, bos_token_id=None, eos_token_id=2, tie_word_embeddings=True),
         img_context_token_id=5,
     ),
+    "tiny-internlm": ModelConfig(  # the 9B's decoder and checkpoint layout at a toy size
+        VisionConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256),
+        _text(64, 128, 2, 4, 2, architecture="InternLM2ForCausalLM", vocab_size=1000, attention_bias=False,
+              rope_theta=50_000_000.0, rope_scaling={"type": "dynamic", "factor": 6.0}, rms_norm_eps=1e-5,
+              bos_token_id=1, eos_token_id=2),
+        img_context_token_id=5,
+    ),
 }
 
 
 def preset(name: str) -> ModelConfig:
-    """A fresh copy of a named preset (`internvl3-1b` … `internvl3-78b`, `tiny`, `tiny-6b`)."""
+    """A fresh copy of a named preset (`internvl3-1b` … `internvl3-78b`, `tiny`, `tiny-6b`, `tiny-internlm`)."""
     try:
         return copy.deepcopy(PRESETS[name])
     except KeyError:

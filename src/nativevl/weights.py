@@ -86,6 +86,22 @@ _QKV = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.attn\.qkv\.(weight|bi
 _QKV_SPLIT = re.compile(r"^vision_tower\.encoder\.layer\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$")
 
 
+# nativevl's decoder names (Qwen2 / Llama) -> the InternLM2 names the original 9B folder uses (q, k and v are
+# packed into one `wqkv` per layer, below).
+_INTERNLM2 = [
+    ("language_model.model.embed_tokens.", "language_model.model.tok_embeddings."),
+    ("language_model.lm_head.", "language_model.output."),
+    ("language_model.model.layers.{i}.self_attn.o_proj.", "language_model.model.layers.{i}.attention.wo."),
+    ("language_model.model.layers.{i}.mlp.gate_proj.", "language_model.model.layers.{i}.feed_forward.w1."),
+    ("language_model.model.layers.{i}.mlp.up_proj.", "language_model.model.layers.{i}.feed_forward.w3."),
+    ("language_model.model.layers.{i}.mlp.down_proj.", "language_model.model.layers.{i}.feed_forward.w2."),
+    ("language_model.model.layers.{i}.input_layernorm.", "language_model.model.layers.{i}.attention_norm."),
+    ("language_model.model.layers.{i}.post_attention_layernorm.", "language_model.model.layers.{i}.ffn_norm."),
+]
+_LLM_QKV = re.compile(r"^language_model\.model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.weight$")
+_WQKV = re.compile(r"^language_model\.model\.layers\.(\d+)\.attention\.wqkv\.weight$")
+
+
 def _compile(rules: list[tuple[str, str]], reverse: bool) -> list[tuple[re.Pattern[str], str]]:
     out = []
     for src, dst in rules:
@@ -100,6 +116,10 @@ def _compile(rules: list[tuple[str, str]], reverse: bool) -> list[tuple[re.Patte
 _TO_HF = _compile(_RENAMES, reverse=False)
 _FROM_HF = _compile(_RENAMES, reverse=True)
 _FROM_IN_MEMORY = _compile(_IN_MEMORY, reverse=False)
+
+
+_TO_INTERNLM2 = _compile(_INTERNLM2, reverse=False)
+_FROM_INTERNLM2 = _compile(_INTERNLM2, reverse=True)
 
 
 def _rename(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str | None:
@@ -124,6 +144,45 @@ def to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if new is None:
             raise CheckpointError(f"no transformers name for parameter {key!r}")
         out[new] = tensor
+    return out
+
+
+def to_internlm2(state: dict[str, torch.Tensor], t: TextConfig) -> dict[str, torch.Tensor]:
+    """nativevl names -> InternLM2 names. Each layer's q, k and v become one `wqkv` whose rows are grouped by
+    key/value head: for group g, its n = heads / kv_heads query heads, then its key head, then its value head
+    (InternLM2Attention splits it with `rearrange(qkv, 'b q (h gs d) -> b q h gs d', gs=n + 2)`)."""
+    out: dict[str, torch.Tensor] = {}
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        m = _LLM_QKV.match(key)
+        if m:
+            parts.setdefault(m.group(1), {})[m.group(2)] = tensor
+            continue
+        out[_rename(key, _TO_INTERNLM2) or key] = tensor
+    kv, d = t.num_key_value_heads, t.head_dim
+    for layer, p in parts.items():
+        width = p["q"].shape[1]
+        q = p["q"].reshape(kv, -1, d, width)
+        packed = torch.cat([q, p["k"].reshape(kv, 1, d, width), p["v"].reshape(kv, 1, d, width)], dim=1)
+        out[f"language_model.model.layers.{layer}.attention.wqkv.weight"] = packed.reshape(-1, width)
+    return out
+
+
+def from_internlm2(state: dict[str, torch.Tensor], t: TextConfig) -> dict[str, torch.Tensor]:
+    """InternLM2 names -> nativevl names, unpacking each `wqkv` (the inverse of `to_internlm2`)."""
+    out: dict[str, torch.Tensor] = {}
+    kv, d = t.num_key_value_heads, t.head_dim
+    n = t.num_attention_heads // kv
+    for key, tensor in state.items():
+        m = _WQKV.match(key)
+        if not m:
+            out[_rename(key, _FROM_INTERNLM2) or key] = tensor
+            continue
+        groups = tensor.reshape(kv, n + 2, d, tensor.shape[1])
+        prefix = f"language_model.model.layers.{m.group(1)}.self_attn."
+        out[prefix + "q_proj.weight"] = groups[:, :n].reshape(-1, tensor.shape[1])
+        out[prefix + "k_proj.weight"] = groups[:, n].reshape(-1, tensor.shape[1])
+        out[prefix + "v_proj.weight"] = groups[:, n + 1].reshape(-1, tensor.shape[1])
     return out
 
 
@@ -175,23 +234,49 @@ def _vision_from(d: dict[str, Any], hf: bool) -> VisionConfig:
     return VisionConfig(**{k: v for k, v in d.items() if k in known})
 
 
+_MODEL_TYPES = {"qwen2": "Qwen2ForCausalLM", "internlm2": "InternLM2ForCausalLM", "llama": "LlamaForCausalLM",
+                "internlm3": "InternLM3ForCausalLM"}
+
+
 def _text_from(d: dict[str, Any], where: str) -> TextConfig:
+    """An `llm_config` / `text_config` of any supported LLM as a TextConfig; an unsupported feature is an error."""
     d = dict(d)
-    arch = (d.get("architectures") or ["Qwen2ForCausalLM"])[0]
     model_type = d.get("model_type", "qwen2")
-    if arch != "Qwen2ForCausalLM" or model_type != "qwen2":
-        raise CheckpointError(f"{where}: LLM {arch} ({model_type}) is not supported; supported: Qwen2ForCausalLM")
-    if d.get("use_sliding_window"):
-        raise CheckpointError(f"{where}: sliding-window attention (use_sliding_window=true) is not supported")
+    arch = (d.get("architectures") or [_MODEL_TYPES.get(model_type, f"<{model_type}>")])[0]
+
+    def refuse(what: str) -> None:
+        raise CheckpointError(f"{where}: {arch}: {what} is not supported")
+
     rope = d.get("rope_parameters")  # transformers 5 keeps theta and scaling together
     if isinstance(rope, dict):
         d.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
         if rope.get("rope_type", rope.get("type", "default")) != "default":
             d["rope_scaling"] = rope  # a default rope_parameters never cancels an explicit rope_scaling
-    if d.get("head_dim") not in (None, d["hidden_size"] // d["num_attention_heads"]):
-        raise CheckpointError(f"{where}: head_dim != hidden_size / num_attention_heads is not supported")
-    d["architecture"] = "Qwen2ForCausalLM"
-    d.setdefault("attention_bias", True)  # Qwen2 always has q/k/v biases
+    natural = d["hidden_size"] // d["num_attention_heads"]
+    if arch == "Qwen2ForCausalLM":
+        if d.get("use_sliding_window"):
+            refuse("sliding-window attention (use_sliding_window=true)")
+        if d.get("head_dim") not in (None, natural):
+            refuse("head_dim != hidden_size / num_attention_heads")
+        d["attention_bias"] = True  # Qwen2 always has q/k/v biases
+    elif arch == "InternLM2ForCausalLM":  # the original 9B folder
+        if d.get("bias", True):
+            refuse("bias=true (biases on wqkv and wo)")
+        d["attention_bias"] = False
+    elif arch in ("LlamaForCausalLM", "InternLM3ForCausalLM"):  # InternLM3 is Llama with two bias flags
+        if d.get("attention_bias") or d.get("mlp_bias") or d.get("qkv_bias") or d.get("bias"):
+            refuse("a bias on the attention or MLP projections")
+        d["attention_bias"] = False
+        # written by `_text_dict`: this Llama came from an original InternLM2 folder and goes back to one
+        arch = "InternLM2ForCausalLM" if d.get("original_architecture") == "InternLM2ForCausalLM" else "LlamaForCausalLM"
+        if d.get("head_dim") not in (None, natural):
+            d["head_dim_override"] = int(d["head_dim"])
+    else:
+        raise CheckpointError(f"{where}: LLM {arch} ({model_type}) is not supported; supported: Qwen2ForCausalLM, "
+                              "InternLM2ForCausalLM, LlamaForCausalLM, InternLM3ForCausalLM")
+    if d.get("hidden_act", "silu") != "silu":
+        refuse(f"hidden_act {d['hidden_act']!r}")
+    d["architecture"] = arch
     known = set(TextConfig.__dataclass_fields__)
     try:
         return TextConfig(**{k: v for k, v in d.items() if k in known})
@@ -249,10 +334,21 @@ def config_from_dict(raw: dict[str, Any], where: str = "config.json") -> tuple[M
     raise CheckpointError(f"{where}: model_type {model_type!r} is neither 'internvl_chat' nor 'internvl'")
 
 
-def _text_dict(t: TextConfig, dtype: str) -> dict[str, Any]:
-    d = {k: v for k, v in t.__dict__.items() if k != "architecture"}
-    d.update(architectures=[t.architecture], model_type="qwen2", head_dim=t.head_dim, torch_dtype=dtype)
-    d.update(use_sliding_window=False, sliding_window=None, max_window_layers=t.num_hidden_layers)
+def _text_dict(t: TextConfig, dtype: str, layout: str = "original") -> dict[str, Any]:
+    """The LLM's config as its own config class writes it; transformers has no InternLM2, so the transformers
+    layout writes an InternLM2 decoder as the Llama it is."""
+    d = {k: v for k, v in t.__dict__.items() if k not in ("architecture", "attention_bias", "head_dim_override")}
+    d["torch_dtype"] = dtype
+    arch = "LlamaForCausalLM" if layout == "transformers" and t.architecture == "InternLM2ForCausalLM" else t.architecture
+    if arch == "Qwen2ForCausalLM":
+        d.update(architectures=[arch], model_type="qwen2", head_dim=t.head_dim, use_sliding_window=False,
+                 sliding_window=None, max_window_layers=t.num_hidden_layers)
+    elif arch == "InternLM2ForCausalLM":
+        d.update(architectures=[arch], model_type="internlm2", bias=False, attn_implementation="eager")
+    else:
+        d.update(architectures=[arch], model_type="llama", head_dim=t.head_dim, attention_bias=False, mlp_bias=False)
+        if t.architecture != arch:  # transformers ignores the extra key; converting back restores the packing
+            d["original_architecture"] = t.architecture
     return d
 
 
@@ -305,7 +401,7 @@ def config_to_dict(cfg: ModelConfig, layout: str, dtype: str = "float32") -> dic
             use_mean_pooling=True,
             use_mask_token=False,
         )
-        text = _text_dict(t, dtype)
+        text = _text_dict(t, dtype, layout)
         kind = (t.rope_scaling or {}).get("type", "default")
         text["rope_parameters"] = {"rope_type": kind, "rope_theta": t.rope_theta}
         if kind != "default":
@@ -416,8 +512,14 @@ def _check(expected: dict[str, torch.Tensor], found: dict[str, tuple[int, ...]],
 
 
 def _expected_in_layout(model: InternVL, layout: str) -> dict[str, torch.Tensor]:
-    state = own_state_dict(model)
-    return to_transformers(state) if layout == "transformers" else state
+    return _to_layout(own_state_dict(model), model.config, layout)
+
+
+def _to_layout(state: dict[str, torch.Tensor], cfg: ModelConfig, layout: str) -> dict[str, torch.Tensor]:
+    """nativevl names -> the names (and packing) a folder of `layout` stores for this model."""
+    if layout == "transformers":
+        return to_transformers(state)
+    return to_internlm2(state, cfg.text) if cfg.text.architecture == "InternLM2ForCausalLM" else state
 
 
 def _normalise_names(files: dict[str, Path], layout: str) -> dict[str, str]:
@@ -451,6 +553,8 @@ def load_model(
     state = {names[name]: tensor for name, tensor in _read(files, device)}
     if layout == "transformers":
         state = from_transformers(state)
+    elif cfg.text.architecture == "InternLM2ForCausalLM":
+        state = from_internlm2(state, cfg.text)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=True)  # keys were checked above; a tied head is absent
@@ -522,8 +626,7 @@ def save_state(state: dict[str, torch.Tensor], config: ModelConfig, path: str | 
     if config.text.tie_word_embeddings:
         state = {k: v for k, v in state.items() if k != "language_model.lm_head.weight"}
     dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
-    if layout == "transformers":
-        state = to_transformers(state)
+    state = _to_layout(state, config, layout)
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     (folder / "config.json").write_text(json.dumps(config_to_dict(config, layout, dtype), indent=2) + "\n")
     for stale in [*folder.glob("model-*-of-*.safetensors"), folder / INDEX_FILE, folder / SINGLE_FILE]:
