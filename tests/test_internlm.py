@@ -154,3 +154,76 @@ def test_nativevl_chat_answers_with_a_9b_layout_folder(tmp_path):
                            "--max-new-tokens", "8", "What is it?"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == Pipeline(tmp_path)("What is it?", images=[tmp_path / "a.png"], max_new_tokens=8)
+
+
+def spm_folder(folder):
+    """A tiny InternLM3-style SentencePiece tokenizer: BPE with byte fallback, no dummy prefix, <s>=1 </s>=2,
+    the chat tokens inside the vocabulary and InternVL's 9 tokens added after it (ids from added_tokens.json)."""
+    import glob
+    import sysconfig
+
+    import sentencepiece as spm
+
+    from nativevl.tokenizer import INTERNVL_TOKENS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(open(f, encoding="utf-8", errors="ignore").read()
+                     for f in sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/*.py"))[:12])
+    (folder / "corpus.txt").write_text(text + "\n你好，世界。\n")
+    spm.SentencePieceTrainer.train(
+        input=str(folder / "corpus.txt"), model_prefix=str(folder / "tokenizer"), vocab_size=600, model_type="bpe",
+        byte_fallback=True, add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity",
+        user_defined_symbols=["<|im_start|>", "<|im_end|>"], unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        allow_whitespace_only_pieces=True, split_by_whitespace=True, minloglevel=2)
+    (folder / "corpus.txt").unlink()
+    (folder / "tokenizer.vocab").unlink()
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    added = {t: sp.get_piece_size() + i for i, t in enumerate(INTERNVL_TOKENS)}
+    (folder / "added_tokens.json").write_text(json.dumps(added))
+    chat = {t: sp.piece_to_id(t) for t in ("<|im_start|>", "<|im_end|>")}  # in the vocabulary, listed as special
+    config = {"tokenizer_class": "InternLM3Tokenizer", "add_bos_token": True, "add_eos_token": False,
+              "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>",
+              "added_tokens_decoder": {str(i): {"content": t, "special": True} for t, i in {**chat, **added}.items()}}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return sp, added
+
+
+def test_sentencepiece_tokenizer_encodes_as_internlm3(tmp_path):
+    """Split at added tokens, each piece encoded by SentencePiece alone, `<s>` first: the ids written out by hand."""
+    from nativevl.tokenizer import load_tokenizer
+
+    sp, added = spm_folder(tmp_path)
+    tok = load_tokenizer(tmp_path)
+    start, end = sp.piece_to_id("<|im_start|>"), sp.piece_to_id("<|im_end|>")
+    prompt = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT></img>\n"
+              "What is  it? 你好<|im_end|>\n<|im_start|>assistant\n")
+    ctx = added["<IMG_CONTEXT>"]
+    expected = ([1, start] + sp.encode("system\nBe brief.") + [end] + sp.encode("\n") + [start] + sp.encode("user\n")
+                + [added["<img>"], ctx, ctx, added["</img>"]] + sp.encode("\nWhat is  it? 你好") + [end]
+                + sp.encode("\n") + [start] + sp.encode("assistant\n"))
+    assert tok.prompt_ids(prompt) == expected and tok.encode(prompt) == expected[1:]
+    assert tok.img_context_id == ctx and tok.im_end_id == end and len(tok) == sp.get_piece_size() + 9
+    assert tok.decode(tok.encode(prompt), skip_special_tokens=False) == prompt
+    assert tok.decode(tok.encode("<img>a b</img>"), skip_special_tokens=True) == "a b"
+    assert tok.decode(tok.encode("<|im_start|>user\nhi<|im_end|>"), skip_special_tokens=True) == "user\nhi"
+
+
+def test_model_chat_with_a_sentencepiece_9b_layout_folder(tmp_path):
+    """`model.chat` on a tiny 9B-layout folder with an InternLM3-style tokenizer: the prompt starts with <s>."""
+    import numpy as np
+    from PIL import Image
+
+    from nativevl import Pipeline
+    from nativevl.infer.chat import build_query
+
+    sp, added = spm_folder(tmp_path)
+    torch.manual_seed(7)
+    InternVL.from_config(preset("tiny-internlm").replace(img_context_token_id=added["<IMG_CONTEXT>"])).save_pretrained(
+        tmp_path)
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    pipe = Pipeline(tmp_path)
+    question, pixels, patches = pipe.prepare("What is it?", [tmp_path / "a.png"])
+    ids = pipe.tokenizer.prompt_ids(build_query(pipe.model, question, pixels, None, patches)[1])
+    assert ids[0] == 1 and ids.count(added["<IMG_CONTEXT>"]) == 256 * sum(patches)
+    answer = pipe("What is it?", images=[tmp_path / "a.png"], max_new_tokens=6)
+    assert isinstance(answer, str) and answer == pipe("What is it?", images=[tmp_path / "a.png"], max_new_tokens=6)

@@ -70,7 +70,7 @@ def test_internvl_special_tokens(folders):
 def test_bad_tokenizer_folders(tmp_path, folders):
     with pytest.raises(TokenizerError, match="no such folder"):
         load_tokenizer(tmp_path / "nope")
-    with pytest.raises(TokenizerError, match="no tokenizer.json, nor vocab.json"):
+    with pytest.raises(TokenizerError, match=r"no tokenizer.json, vocab.json \+ merges.txt, or tokenizer.model"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{broken")
     with pytest.raises(TokenizerError, match="tokenizer.json: cannot be read"):
@@ -84,3 +84,9 @@ def test_bad_tokenizer_folders(tmp_path, folders):
     (no_image_tokens / "tokenizer.json").write_text(json.dumps(data))
     with pytest.raises(TokenizerError, match="<IMG_CONTEXT> is missing"):
         load_tokenizer(no_image_tokens)
+
+
+def test_a_tokenizer_model_that_is_not_sentencepiece_is_named(tmp_path):
+    (tmp_path / "tokenizer.model").write_bytes(b"not a model")
+    with pytest.raises(TokenizerError, match="tokenizer.model: not a SentencePiece model"):
+        load_tokenizer(tmp_path)

@@ -247,7 +247,8 @@ def test_original_config_without_ps_version_means_v1(tiny, tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda c: c["llm_config"].update(model_type="llama", architectures=None), "LLM Qwen2ForCausalLM \\(llama\\)"),
+        (lambda c: c["llm_config"].update(model_type="phi3", architectures=None), "LLM phi3 \\(phi3\\) is not supported"),
+        (lambda c: c["llm_config"].update(architectures=["InternLM2ForCausalLM"], bias=True), "bias=true"),
         (lambda c: c["llm_config"].update(rope_scaling={"type": "yarn", "factor": 4.0}), "'yarn' is not supported"),
         (lambda c: c.update(force_image_size=224), "force_image_size 224 differs"),
         (lambda c: c["llm_config"].update(use_sliding_window=True), "sliding-window"),

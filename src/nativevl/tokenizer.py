@@ -1,13 +1,16 @@
-"""A checkpoint's tokenizer, loaded offline with the `tokenizers` library, knowing InternVL's special tokens.
+"""A checkpoint's tokenizer, loaded offline, knowing InternVL's special tokens.
 
-Reads `tokenizer.json` when the folder has one; otherwise builds the Qwen2 byte-level BPE from `vocab.json` +
-`merges.txt` the way transformers converts Qwen2's slow tokenizer (NFC, Qwen2's split regex, byte level), and
-adds the tokens listed in `tokenizer_config.json` / `added_tokens.json` at their recorded ids.
+Reads `tokenizer.json` with the `tokenizers` library when the folder has one; otherwise builds the Qwen2
+byte-level BPE from `vocab.json` + `merges.txt` the way transformers converts Qwen2's slow tokenizer (NFC,
+Qwen2's split regex, byte level); otherwise reads a SentencePiece `tokenizer.model` (InternLM3, the 9B) with the
+`sentencepiece` library, as InternLM3's remote tokenizer does. The tokens listed in `tokenizer_config.json` /
+`added_tokens.json` are added at their recorded ids.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
@@ -41,8 +44,13 @@ class InternVLTokenizer:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        """Ids without any BOS (Qwen2 adds none)."""
+        """The text's ids alone (no BOS), as training data is tokenised piece by piece."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """A whole prompt's ids as the original's `tokenizer(query)` gives them: with the tokenizer's own special
+        tokens (none for Qwen2; `<s>` first for InternLM3)."""
+        return self.tokenizer.encode(text, add_special_tokens=True).ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -82,6 +90,78 @@ class InternVLTokenizer:
     def model_max_length(self) -> int | None:
         value = self.config.get("model_max_length")
         return int(value) if isinstance(value, (int, float)) and value < 1e12 else None
+
+
+class SentencePieceTokenizer(InternVLTokenizer):
+    """A SentencePiece `tokenizer.model`, read as InternLM3's remote tokenizer (`InternLM3Tokenizer`) reads it:
+    the text is split at the added tokens (matched whole, longest first), each piece between them is encoded on
+    its own by SentencePiece with nothing prepended, and a prompt starts with `<s>` when `add_bos_token` (the
+    default). Decoding gives each run of SentencePiece ids to SentencePiece and added tokens as written."""
+
+    def __init__(self, model_file: Path, added: dict[int, tuple[str, bool]], config: dict, where: str) -> None:
+        try:
+            import sentencepiece
+        except ImportError:
+            raise TokenizerError(f"{where}: reading tokenizer.model needs the sentencepiece package "
+                                 "(pip install sentencepiece)") from None
+        try:
+            self.sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+        except (OSError, RuntimeError) as e:
+            raise TokenizerError(f"{model_file}: not a SentencePiece model ({e})") from None
+        self.config, self.where = config, where
+        self.added = {content: token_id for token_id, (content, _) in added.items()}
+        self.added_ids = {token_id: (content, special) for token_id, (content, special) in added.items()}
+        self.split = re.compile("(" + "|".join(re.escape(t) for t in sorted(self.added, key=len, reverse=True))
+                                + ")") if self.added else None
+        self.add_bos = bool(config.get("add_bos_token", True))
+        bos = self._named("bos_token", "<s>")
+        self.bos_id = self.token_to_id(bos) if bos else None
+        for token in (IMG_START, IMG_END, IMG_CONTEXT):
+            if token not in self.added:
+                raise TokenizerError(f"{where}: the InternVL token {token} is missing")
+
+    def __len__(self) -> int:
+        return max(self.sp.get_piece_size(), max(self.added_ids, default=-1) + 1)
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for part in self.split.split(text) if self.split else [text]:
+            if part in self.added:
+                ids.append(self.added[part])
+            elif part:
+                ids.extend(self.sp.encode(part))
+        return ids
+
+    def prompt_ids(self, text: str) -> list[int]:
+        return ([self.bos_id] if self.add_bos and self.bos_id is not None else []) + self.encode(text)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        out: list[str] = []
+        run: list[int] = []
+        size = self.sp.get_piece_size()
+        for token_id in map(int, ids):
+            if token_id not in self.added_ids and 0 <= token_id < size and not self.sp.is_control(token_id):
+                run.append(token_id)
+                continue
+            out.append(self.sp.decode(run))
+            run = []
+            if token_id in self.added_ids:
+                content, special = self.added_ids[token_id]
+            elif 0 <= token_id < size:
+                content, special = self.sp.id_to_piece(token_id), True  # <s>, </s>
+            else:
+                continue  # an id past the vocabulary decodes to nothing, as the original's
+            if not (skip_special_tokens and special):
+                out.append(content)
+        return "".join(out) + self.sp.decode(run)
+
+    def token_to_id(self, token: str) -> int:
+        if token in self.added:
+            return self.added[token]
+        token_id = self.sp.piece_to_id(token)
+        if self.sp.id_to_piece(token_id) != token:  # unknown pieces map to <unk>
+            raise TokenizerError(f"{self.where}: no token {token!r}")
+        return token_id
 
 
 def _qwen2_from_vocab(folder: Path) -> Tokenizer:
@@ -148,6 +228,8 @@ def load_tokenizer(path: str | Path) -> InternVLTokenizer:
             if tok.token_to_id(content) != token_id:
                 raise TokenizerError(f"{folder}: added token {content!r} should have id {token_id}, "
                                      f"got {tok.token_to_id(content)} (ids must follow the vocabulary)")
+    elif (folder / "tokenizer.model").is_file():
+        return SentencePieceTokenizer(folder / "tokenizer.model", _added_tokens(folder, config), config, str(folder))
     else:
-        raise TokenizerError(f"{folder}: no tokenizer.json, nor vocab.json + merges.txt")
+        raise TokenizerError(f"{folder}: no tokenizer.json, vocab.json + merges.txt, or tokenizer.model")
     return InternVLTokenizer(tok, config, str(folder))

@@ -242,7 +242,7 @@ def _text_from(d: dict[str, Any], where: str) -> TextConfig:
     """An `llm_config` / `text_config` of any supported LLM as a TextConfig; an unsupported feature is an error."""
     d = dict(d)
     model_type = d.get("model_type", "qwen2")
-    arch = (d.get("architectures") or [_MODEL_TYPES.get(model_type, f"<{model_type}>")])[0]
+    arch = (d.get("architectures") or [_MODEL_TYPES.get(model_type, model_type)])[0]
 
     def refuse(what: str) -> None:
         raise CheckpointError(f"{where}: {arch}: {what} is not supported")

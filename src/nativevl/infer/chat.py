@@ -101,7 +101,7 @@ def _single_turn(
     _check_tokenizer(model, tokenizer)
     cfg = _generation_config(model, tokenizer, generation_config)
     question, query = build_query(model, question, pixel_values, history, num_patches_list)
-    ids = torch.tensor([tokenizer.encode(query)], device=_device(model))
+    ids = torch.tensor([tokenizer.prompt_ids(query)], device=_device(model))
     pixel_values = pixel_values.to(_device(model)) if pixel_values is not None else None
     return cfg, question, ids, pixel_values
 
@@ -220,7 +220,7 @@ def batch_chat(
         prompt = chat_prompt(question, None, model.config.system_message, model.config.template)
         prompt += prefixes[k] if prefixes else ""
         queries.append(expand_images(prompt, counts, model.num_image_token))
-    encoded = [tokenizer.encode(q) for q in queries]
+    encoded = [tokenizer.prompt_ids(q) for q in queries]
     width = max(len(e) for e in encoded)
     ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)

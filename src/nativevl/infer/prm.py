@@ -139,7 +139,7 @@ class ProcessRewardModel:
         for response in responses:
             steps = split_steps(response, self.max_steps) or [response.strip()]
             prompt, n = self._prompt(question, steps, num_patches_list or [])
-            row = self.tokenizer.encode(prompt)
+            row = self.tokenizer.prompt_ids(prompt)
             # positions of the `+` placeholders: right after each `<|im_start|>assistant\n`
             found = [i + width for i in range(len(row) - width) if row[i:i + width] == assistant]
             if len(found) != n:

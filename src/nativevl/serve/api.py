@@ -271,7 +271,7 @@ class Server:
         prompt = chat_prompt(question, history, system if system is not None else self.model.config.system_message,
                              self.model.config.template)
         try:
-            ids = self.tokenizer.encode(expand_images(prompt, patches, self.model.num_image_token))
+            ids = self.tokenizer.prompt_ids(expand_images(prompt, patches, self.model.num_image_token))
         except ValueError as e:
             raise ApiError(400, str(e), "messages") from None
         left = self.max_len - len(ids)
