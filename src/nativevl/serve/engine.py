@@ -75,7 +75,9 @@ class Sequence:
             self.text = TextStream(tokenizer, cfg.stop_strings)
             if cfg.do_sample and cfg.seed is not None:
                 self.generator = torch.Generator(device=logits.device).manual_seed(cfg.seed)
-        generated = torch.tensor([self.text.tokens], dtype=torch.long, device=logits.device)
+        # only the repetition penalty reads the tokens so far; skip building them on every step otherwise
+        seen = self.text.tokens if cfg.repetition_penalty != 1.0 else []
+        generated = torch.tensor([seen], dtype=torch.long, device=logits.device)
         token = int(next_token(process_logits(logits, generated, self.count, cfg), cfg, self.generator))
         self.count += 1
         eos = token in cfg.eos_token_id
