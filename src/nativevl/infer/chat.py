@@ -220,12 +220,7 @@ def batch_chat(
         prompt = chat_prompt(question, None, model.config.system_message, model.config.template)
         prompt += prefixes[k] if prefixes else ""
         queries.append(expand_images(prompt, counts, model.num_image_token))
-    encoded = [tokenizer.prompt_ids(q) for q in queries]
-    width = max(len(e) for e in encoded)
-    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, e in enumerate(encoded):
-        ids[row, width - len(e):], mask[row, width - len(e):] = torch.tensor(e), 1
+    ids, mask = left_pad([tokenizer.prompt_ids(q) for q in queries], tokenizer.pad_token_id)
     device = _device(model)
     ids, mask = ids.to(device), mask.to(device)
     pixel_values = pixel_values.to(device) if pixel_values is not None else None
@@ -233,6 +228,17 @@ def batch_chat(
                    position_ids=_positions(model, ids, mask, v2pe_delta), config=cfg,
                    stop=_stop_check(tokenizer, cfg.stop_strings))
     return [_answer(tokenizer, row, cfg.stop_strings) for row in new.tolist()]
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), each (len(rows), longest): rows right-aligned, padding on the left as the original
+    `batch_chat` does, so every row's next token comes at the same column."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r, dtype=torch.long), 1
+    return ids, mask
 
 
 def _device(model: InternVL) -> torch.device:

@@ -27,6 +27,7 @@ from nativevl.conversation import (
     expand_images,
     get_template,
 )
+from nativevl.infer.chat import _device
 from nativevl.infer.generate import GenerationConfig
 from nativevl.model.internvl import InternVL
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
@@ -182,10 +183,6 @@ class ProcessRewardModel:
                    num_patches_list: list[int] | None = None) -> list[tuple[float, list[float]]]:
         return [(self.aggregate(steps), steps)
                 for steps in self.step_scores_many(question, responses, pixel_values, num_patches_list)]
-
-
-def _device(model: InternVL) -> torch.device:
-    return model.language_model.lm_head.weight.device
 
 
 @dataclass

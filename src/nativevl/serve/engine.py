@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nativevl.data.v2pe import v2pe_positions
-from nativevl.infer.chat import TextStream
+from nativevl.infer.chat import TextStream, _device, _positions, left_pad
 from nativevl.infer.generate import GenerationConfig, decode_one_token, next_token, prefill, process_logits
 from nativevl.model.internvl import InternVL, default_positions
 from nativevl.model.text import KVCache
@@ -137,7 +136,7 @@ class Engine:
                  v2pe_delta: float | None = None) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch, self.v2pe_delta = max_batch, v2pe_delta
-        self.device = model.language_model.lm_head.weight.device
+        self.device = _device(model)
         self.inbox: queue.Queue[Sequence] = queue.Queue()
         self.waiting: deque[Sequence] = deque()
         self.batch: Batch | None = None
@@ -214,20 +213,14 @@ class Engine:
         self.batch = group if self.batch is None else Batch.join([self.batch, group])
 
     def _prefill(self, seqs: list[Sequence]) -> Batch:
-        width = max(len(s.ids) for s in seqs)
-        ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, s in enumerate(seqs):
-            ids[row, width - len(s.ids):] = torch.tensor(s.ids)
-            mask[row, width - len(s.ids):] = 1
+        ids, mask = left_pad([s.ids for s in seqs], self.tokenizer.pad_token_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         tiles = [s.pixel_values for s in seqs if s.pixel_values is not None]
         pixels = torch.cat(tiles).to(self.device) if tiles else None
-        if self.v2pe_delta is None:
+        positions = _positions(self.model, ids, mask, self.v2pe_delta)
+        if positions is None:
             positions = default_positions(ids, mask, 0)
-        else:
-            positions = v2pe_positions(ids, self.model.config.img_context_token_id, self.v2pe_delta, mask)
-        cache = self.model.new_cache(len(seqs), width + max(s.config.max_new_tokens for s in seqs))
+        cache = self.model.new_cache(len(seqs), ids.shape[1] + max(s.config.max_new_tokens for s in seqs))
         logits = prefill(self.model, cache, ids, pixels, mask, positions)
         self.stats.prefills += 1
         for s in seqs:
