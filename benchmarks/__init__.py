@@ -1,0 +1,1 @@
+"""nativevl's benchmarks against transformers on the same weights: `python -m benchmarks --help`."""

@@ -1,0 +1,50 @@
+"""The physical limits every other figure is compared to, measured in the same run:
+
+- read bandwidth: a sum over a tensor far larger than the caches (each byte read once);
+- matmul FLOP/s: one large product per dtype (the prefill ceiling);
+- the kernel floor of a decode step: the language model's matrix products alone, on the model's own weights,
+  for a batch of B single-token rows (no attention, norms, rotary or Python around them).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import Timing, measure
+
+
+def read_bandwidth(device: str, repeats: int, gib: float = 1.0) -> float:
+    """GB/s of one pass over `gib` GiB of float32."""
+    x = torch.ones(int(gib * 2**28), device=device)
+    t = measure(lambda: x.sum(), repeats, device=device)
+    del x
+    return gib * 2**30 / t.median / 1e9
+
+
+def matmul_flops(dtype: torch.dtype, device: str, repeats: int, n: int = 2048) -> float:
+    """FLOP/s of an n x n x n product in nn.Linear's layout (x @ W.T: on CPUs without bf16 units torch's bf16
+    kernels are 10-100x slower for other layouts, and the models only use this one)."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    t = measure(lambda: F.linear(a, b), repeats, device=device)
+    return 2 * n**3 / t.median
+
+
+def decode_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Every matrix a decode step reads: each decoder layer's projections and the output head (an embedding
+    lookup reads one row, so the input embedding does not count)."""
+    lm = model.language_model
+    return [m.weight for m in lm.model.layers.modules() if isinstance(m, torch.nn.Linear)] + [lm.lm_head.weight]
+
+
+def weight_bytes(weights: list[torch.Tensor]) -> int:
+    return sum(w.numel() * w.element_size() for w in weights)
+
+
+@torch.inference_mode()
+def kernel_floor(weights: list[torch.Tensor], batch: int, repeats: int) -> Timing:
+    """One decode step's matrix products alone: F.linear of a (batch, in) input with each weight in turn."""
+    device = str(weights[0].device)
+    inputs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype, device=device) for w in weights}
+    return measure(lambda: [F.linear(inputs[w.shape[1]], w) for w in weights], repeats, device=device)
