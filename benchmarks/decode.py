@@ -21,7 +21,7 @@ PROMPT = 32  # prompt tokens per row
 
 def per_step(run: Callable[[int], object], steps: int, repeats: int, device: str) -> Timing:
     """Median (and spread) over repeats of the extra time per generated token."""
-    run(2)  # warm-up
+    run(1 + steps)  # warm-up at the longest length (a static cache keeps the largest size it has seen)
     values = []
     for _ in range(repeats):
         times = []
@@ -67,36 +67,57 @@ def theirs_runner(model, ids: torch.Tensor, compiled: bool = False) -> Callable[
 def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeats: int, bandwidth: float,  # noqa: ANN001
         compiled: bool, device: str) -> str:
     """`model`: nativevl's InternVL in float32 on `device`, cast in place to each dtype in turn (so float32
-    must come first); transformers' twin is rebuilt from its weights for each dtype."""
-    rows = []
-    notes = []
+    must come first); transformers' twin is rebuilt from its weights for each dtype.
+
+    Engines: nativevl as loaded; `--prepack` (float32 on CPU: oneDNN-packed weights); `--compile` (the language
+    model under torch.compile, dynamic shapes: one compilation for every batch size and cache length);
+    transformers' plain `generate`, and with `--compile` its static cache + torch.compile path."""
+    from nativevl.model.layers import prepack_linears
+
+    rows, notes = [], []
     for dtype in dtypes:
         ours = model.to(dtype)
         theirs = transformers_twin(ours, dtype, device)
         weights = decode_weights(ours)
         bound = weight_bytes(weights) / (bandwidth * 1e9)
-        for batch in batches:
-            ids = text_ids(ours, (batch, PROMPT), seed=batch, device=device)
+        name = str(dtype).removeprefix("torch.")
+        prompts = {b: text_ids(ours, (b, PROMPT), seed=b, device=device) for b in batches}
+        found: dict[int, dict[str, Timing]] = {b: {} for b in batches}
+        floors = {}
+        for batch, ids in prompts.items():
             mine, their = ours_runner(ours, ids), theirs_runner(theirs, ids)
-            same = torch.equal(mine(8), their(8))
-            floor = kernel_floor(weights, batch, repeats)
-            a = per_step(mine, steps, repeats, device)
-            b = per_step(their, steps, repeats, device)
-            c = per_step(theirs_runner(theirs, ids, compiled=True), steps, repeats, device) if compiled else None
-            name = str(dtype).removeprefix("torch.")
-            rows.append([
-                name, str(batch), show(a, 1e3), show(b, 1e3), f"{b.median / a.median:.2f}x",
-                f"{c.median / a.median:.2f}x ({fmt(c.median * 1e3)} ms)" if c else "not run",
-                fmt(floor.median * 1e3), f"{a.median / floor.median:.2f}x", fmt(bound * 1e3),
-                f"{bound / a.median:.0%}",
-                f"{batch / a.median:.1f}",
-            ])
-            if not same:
+            if not torch.equal(mine(8), their(8)):
                 notes.append(f"{name} batch {batch}: the two engines' first 8 greedy tokens differ")
+            floors[batch] = kernel_floor(weights, batch, repeats)
+            found[batch]["nativevl"] = per_step(mine, steps, repeats, device)
+            found[batch]["transformers generate"] = per_step(their, steps, repeats, device)
+            if compiled:
+                found[batch]["transformers static cache + compile"] = per_step(
+                    theirs_runner(theirs, ids, True), steps, repeats, device)
             free()
+        lm = ours.language_model
+        if compiled:
+            lm.forward = torch.compile(lm.forward, dynamic=True)
+            for batch, ids in prompts.items():
+                found[batch]["nativevl --compile"] = per_step(ours_runner(ours, ids), steps, repeats, device)
+            del lm.forward  # the class's eager forward again
+        if dtype == torch.float32 and device == "cpu" and torch.backends.mkldnn.is_available():
+            packed = [m for m in lm.modules() if isinstance(m, torch.nn.Linear)]
+            prepack_linears(lm)
+            for batch, ids in prompts.items():
+                found[batch]["nativevl --prepack"] = per_step(ours_runner(ours, ids), steps, repeats, device)
+            for m in packed:
+                del m.forward  # unpacked again
+        for batch, engines in found.items():
+            base = engines["transformers generate"].median
+            for engine, t in engines.items():
+                rows.append([name, str(batch), engine, show(t, 1e3), f"{batch / t.median:.1f}",
+                             f"{base / t.median:.2f}x", f"{t.median / floors[batch].median:.2f}x",
+                             f"{bound / t.median:.0%}"])
+            notes.append(f"{name} batch {batch}: kernel floor {show(floors[batch], 1e3)} ms, "
+                         f"bandwidth bound {fmt(bound * 1e3)} ms")
         del theirs
         free()
-    header = ["dtype", "batch", "nativevl ms/step", "transformers ms/step", "speed-up",
-              "vs transformers static+compile", "kernel floor ms", "nativevl / floor", "bandwidth bound ms",
-              "of bandwidth bound", "nativevl tok/s"]
-    return table(header, rows) + "".join(f"\n\n{n}" for n in notes)
+    header = ["dtype", "batch", "engine", "ms/step", "tok/s", "vs transformers generate", "/ kernel floor",
+              "of bandwidth bound"]
+    return table(header, rows) + "\n\n" + "; ".join(notes) + "."

@@ -113,3 +113,50 @@ def test_batched_greedy_on_each_device_equals_transformers_on_cpu(pair, tmp_path
                    max_new_tokens=8)
     assert new.device.type == device
     assert new.cpu().tolist() == ref.tolist()
+
+
+def test_compiled_decoder_generates_what_transformers_does(pair):
+    """`--compile` (the language model under torch.compile with dynamic shapes): greedy tokens for a
+    left-padded batch with images, then for one unpadded row, equal transformers'."""
+    import copy
+
+    hf, ours = pair
+    model = copy.deepcopy(ours)
+    model.language_model.compile(dynamic=True)
+    torch._dynamo.utils.counters.clear()
+    a, b = prompt([2], seed=3), prompt([1], seed=4)
+    ids = torch.zeros(2, a.shape[1], dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    ids[0], mask[0] = a[0], 1
+    ids[1, -b.shape[1]:], mask[1, -b.shape[1]:] = b[0], 1
+    pv = pixels(3)
+    with torch.no_grad():
+        ref = hf.generate(input_ids=ids, pixel_values=pv, attention_mask=mask, max_new_tokens=8,
+                          do_sample=False)[:, ids.shape[1]:]
+        ref_b = hf.generate(input_ids=b, pixel_values=pixels(1), max_new_tokens=12, do_sample=False)[:, b.shape[1]:]
+    assert generate(model, ids, pixel_values=pv, attention_mask=mask, max_new_tokens=8).tolist() == ref.tolist()
+    assert generate(model, b, pixel_values=pixels(1), max_new_tokens=12).tolist() == ref_b.tolist()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
+
+
+def test_prepacked_weights_generate_what_transformers_does(pair):
+    """`--prepack` (oneDNN-packed float32 weights on CPU): logits within float32 rounding of the plain model,
+    greedy tokens equal transformers'; with gradients enabled the layers fall back to their own weights."""
+    import copy
+
+    from nativevl.model.layers import prepack_linears
+
+    hf, ours = pair
+    model = copy.deepcopy(ours)
+    assert prepack_linears(model) == sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    a = prompt([1], seed=5)
+    pv = pixels(1)
+    with torch.no_grad():
+        plain, packed = ours(a, pixel_values=pv).logits, model(a, pixel_values=pv).logits
+        ref = hf.generate(input_ids=a, pixel_values=pv, max_new_tokens=10, do_sample=False)[:, a.shape[1]:]
+    assert not torch.equal(plain, packed)  # the packed kernels really ran (their sums round differently)
+    torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-5)
+    assert generate(model, a, pixel_values=pv, max_new_tokens=10).tolist() == ref.tolist()
+    loss = model(a, pixel_values=pv, labels=a).loss
+    loss.backward()
+    assert model.language_model.lm_head.weight.grad is not None

@@ -58,7 +58,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from nativevl.infer.chat import Pipeline, stream_chat
 
     pipe = Pipeline(args.model, dtype=DTYPES.get(args.dtype), device=args.device, max_num=args.max_num,
-                    v2pe_delta=args.v2pe_delta)
+                    v2pe_delta=args.v2pe_delta, compile=args.compile, prepack=args.prepack)
     if args.system is not None:
         pipe.model.config.system_message = args.system
     settings = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
@@ -207,7 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                       max_model_len=args.max_model_len, default_max_tokens=args.default_max_tokens, max_n=args.max_n,
                       allowed_local_media_path=args.allowed_local_media_path,
                       allow_remote_images=args.allow_remote_images, dtype=DTYPES.get(args.dtype), device=args.device,
-                      v2pe_delta=args.v2pe_delta)
+                      v2pe_delta=args.v2pe_delta, compile=args.compile, prepack=args.prepack)
     serve(cfg, args.host, args.port, args.graceful_timeout)
 
 
@@ -227,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num", type=int, help="most tiles per image (default: the checkpoint's, 12)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, … (default cpu)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the language model: faster decoding after a compilation of a minute or two")
+    p.add_argument("--prepack", action="store_true",
+                   help="float32 on CPU: multiply with oneDNN-packed weights (1.4-2x faster decoding; a second "
+                   "copy of the weights in memory)")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="answer length limit (default 1024)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
@@ -337,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
     p.add_argument("--device", help="cpu, cuda, … (default cpu)")
     p.add_argument("--v2pe-delta", type=float, help="V2PE position step of visual tokens (default: integer)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the language model: faster decoding after a compilation of a minute or two")
+    p.add_argument("--prepack", action="store_true",
+                   help="float32 on CPU: multiply with oneDNN-packed weights (1.4-2x faster decoding; a second "
+                   "copy of the weights in memory)")
     p.set_defaults(func=cmd_serve)
     return parser
 

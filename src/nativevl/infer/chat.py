@@ -26,6 +26,7 @@ from nativevl.data.image import ImageSource, load_image
 from nativevl.data.v2pe import v2pe_positions
 from nativevl.data.video import load_video
 from nativevl.infer.generate import GenerationConfig, generate, generate_steps
+from nativevl.model.layers import prepack_linears
 from nativevl.model.internvl import InternVL
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
 
@@ -255,8 +256,16 @@ class Pipeline:
         device: torch.device | str | None = None,
         max_num: int | None = None,
         v2pe_delta: float | None = None,
+        compile: bool = False,
+        prepack: bool = False,
     ) -> None:
         self.model = InternVL.from_pretrained(path, dtype=dtype, device=device).eval()
+        if prepack:  # float32 on CPU: multiply with oneDNN-packed copies of the weights (model/layers.py)
+            prepack_linears(self.model)
+        if compile:
+            # gpt-fast's recipe: the whole decoder compiled, so the small operations between the matrix products
+            # fuse; dynamic shapes make one compilation serve every prompt length, cache length and batch size.
+            self.model.language_model.compile(dynamic=True)
         self.tokenizer = load_tokenizer(path)
         _check_tokenizer(self.model, self.tokenizer)
         self.max_num = max_num or self.model.config.max_dynamic_patch

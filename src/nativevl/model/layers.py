@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -53,3 +55,28 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:.3f}"
+
+
+def prepack_linears(module: nn.Module) -> int:
+    """Float32 inference on CPU: give each nn.Linear a copy of its weight laid out in oneDNN's blocked format
+    (what inductor does to weights when it freezes a graph) and multiply with that copy. On a 2-core AVX2 CPU a
+    decode step of the InternVL3-1B shape ran 1.4x faster at batch 1 and 2x at batch 8 (docs/benchmarks.md).
+
+    The copies double the memory of the packed weights and are not updated if the weights change: pack a model
+    after loading, moving and casting it. With gradients enabled the layers use their own weights, so training
+    a packed model stays correct. Returns the number of layers packed."""
+    if not torch.backends.mkldnn.is_available():
+        raise RuntimeError("this torch build has no oneDNN (mkldnn) CPU kernels to pack weights for")
+    count = 0
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear) and layer.weight.device.type == "cpu" and layer.weight.dtype == torch.float32:
+            packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), 1)
+            layer.forward = partial(_packed_linear, layer, packed)  # an instance attribute shadows Linear.forward
+            count += 1
+    return count
+
+
+def _packed_linear(layer: nn.Linear, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if torch.is_grad_enabled() or x.dtype != torch.float32:
+        return nn.functional.linear(x, layer.weight, layer.bias)
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, layer.bias, "none", [], "")

@@ -43,6 +43,7 @@ from nativevl.data.image import ImageError, load_image, open_image
 from nativevl.infer.chat import _check_tokenizer, _generation_config
 from nativevl.infer.generate import GenerationConfig
 from nativevl.model.internvl import InternVL
+from nativevl.model.layers import prepack_linears
 from nativevl.serve.engine import Engine, Event, Sequence
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
 
@@ -66,6 +67,8 @@ class ServeConfig:
     dtype: torch.dtype | None = None
     device: str | None = None
     v2pe_delta: float | None = None
+    compile: bool = False  # torch.compile the language model (dynamic shapes): faster decode after a warm-up
+    prepack: bool = False  # float32 on CPU: oneDNN-packed Linear weights (a second copy of them)
 
 
 class ApiError(Exception):
@@ -240,6 +243,10 @@ class Server:
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
         self.model = InternVL.from_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device).eval()
+        if cfg.prepack:
+            prepack_linears(self.model)
+        if cfg.compile:
+            self.model.language_model.compile(dynamic=True)
         self.tokenizer: InternVLTokenizer = load_tokenizer(cfg.model)
         _check_tokenizer(self.model, self.tokenizer)
         self.name = cfg.model_name or Path(cfg.model).resolve().name
