@@ -4,7 +4,8 @@
     python -m benchmarks decode --dtypes bfloat16 --batches 1
     python -m benchmarks ttft preprocess --repeats 3 --out results.md
 
-Suites: roofline (bandwidth, matmul FLOP/s), decode, ttft, preprocess, train. Every model has random weights
+Suites: roofline (bandwidth, matmul FLOP/s; always measured), decode, ttft, preprocess, train (CPU: the demo's
+model, packed vs padded) and trainstep (one training step at the preset's shape; for a GPU, see gpu.sh). Every model has random weights
 of the preset's shape (nothing is downloaded); transformers loads the very same weights. Each figure is the
 median of --repeats runs after a warm-up, with the spread (min..max).
 """
@@ -18,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import decode, preprocess, roofline, train, ttft
+from benchmarks import decode, preprocess, roofline, train, trainstep, ttft
 from benchmarks.common import DTYPES, build_ours, fmt, machine
 
-SUITES = ("roofline", "decode", "ttft", "preprocess", "train")
+SUITES = ("roofline", "decode", "ttft", "preprocess", "train", "trainstep")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tiles", default="1,13")
     p.add_argument("--steps", type=int, default=16, help="decode steps timed per run")
     p.add_argument("--train-steps", type=int, default=6)
+    p.add_argument("--seq", type=int, default=8192, help="trainstep: tokens in the packed row")
+    p.add_argument("--train-tiles", type=int, default=13, help="trainstep: tiles of the row's image")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compile", action="store_true",
                    help="also time transformers' static cache + torch.compile path (minutes of compiling)")
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     dev, repeats = args.device, args.repeats
     dtypes = [DTYPES[d] for d in args.dtypes.split(",")]
     ttft_dtype = DTYPES[args.ttft_dtype or ("bfloat16" if dev.startswith("cuda") else "float32")]
-    suites = args.suites or list(SUITES)
+    suites = args.suites or [s for s in SUITES if s != "trainstep"]  # trainstep: on a GPU, by name
     unknown = set(suites) - set(SUITES)
     if unknown:
         p.error(f"unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)}")
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         print(line)
     start = time.perf_counter()
     bandwidth = roofline.read_bandwidth(dev, repeats)
-    flops = {d: roofline.matmul_flops(d, dev, repeats) for d in {*dtypes, ttft_dtype}}
+    flops = {d: roofline.matmul_flops(d, dev, repeats) for d in {*dtypes, ttft_dtype, torch.bfloat16}}
     emit(f"read bandwidth {bandwidth:.1f} GB/s; matmul " +
          ", ".join(f"{str(d).removeprefix('torch.')} {fmt(f / 1e9)} GFLOP/s" for d, f in flops.items()) + "\n")
     needs_model = {"decode", "ttft"} & set(suites)
@@ -78,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     if "train" in suites:
         emit("## Training, packed vs padded (CPU, the demo's model)\n")
         emit(train.run(args.train_steps, repeats) + "\n")
+    if "trainstep" in suites:
+        emit(f"## One training step at the {args.preset} shape\n")
+        emit(trainstep.run(args.preset, args.seq, args.train_tiles, repeats, flops[torch.bfloat16], dev) + "\n")
     emit(f"(all suites: {time.perf_counter() - start:.0f} s)")
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")

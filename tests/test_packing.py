@@ -136,3 +136,24 @@ def test_denominator_reduced_across_ranks_gives_the_global_weighted_mean(tmp_pat
     num = sum(weighted_lm_loss(p["logits"], p["labels"], token_weights(p["labels"], None, "square"), 1.0)
               for p in parts)
     assert abs(averaged.item() - (num / (parts[0]["local"] + parts[1]["local"])).item()) < 1e-6
+
+
+def test_chunked_loss_equals_the_loss_over_whole_logits():
+    """`loss_chunk`: the weighted loss from hidden states a few positions at a time (logits recomputed in the
+    backward pass) equals the loss over the whole logits, and so do the gradients of every parameter."""
+    torch.manual_seed(0)
+    model = InternVL.from_config(preset("tiny"))
+    b = next(iter(pack(SAMPLES, max_tokens=2000, max_tiles=10)))
+    weights = token_weights(b.labels, b.cu_seqlens, "square")
+    inputs = dict(pixel_values=b.pixel_values, image_flags=b.image_flags, position_ids=b.position_ids,
+                  cu_seqlens=b.cu_seqlens)
+    full = weighted_lm_loss(model(b.input_ids, **inputs).logits, b.labels, weights, denominator=3.0)
+    full.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    out = model(b.input_ids, labels=b.labels, label_weights=weights, loss_denominator=3.0, loss_chunk=7, **inputs)
+    assert out.logits is None and b.input_ids.shape[1] > 7 * 10  # many chunks, the last one partial
+    torch.testing.assert_close(out.loss, full, atol=1e-6, rtol=1e-6)
+    out.loss.backward()
+    for name, grad in grads.items():
+        torch.testing.assert_close(model.get_parameter(name).grad, grad, atol=1e-6, rtol=1e-5, msg=name)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nativevl.config import ModelConfig
 from nativevl.model.layers import activation
@@ -25,7 +26,7 @@ IGNORE_INDEX = -100
 
 @dataclass
 class Output:
-    logits: torch.Tensor
+    logits: torch.Tensor | None  # None when the loss was computed in chunks (loss_chunk > 0)
     loss: torch.Tensor | None = None
 
 
@@ -192,11 +193,18 @@ class InternVL(nn.Module):
         logits_to_keep: int = 0,
         cu_seqlens: torch.Tensor | None = None,
         feature_index: torch.Tensor | None = None,
+        label_weights: torch.Tensor | None = None,
+        loss_denominator: torch.Tensor | float | None = None,
+        loss_chunk: int = 0,
     ) -> Output:
         """input_ids (B, L); pixel_values (tiles, 3, H, W); attention_mask (B, past + L) of 1 = real token;
         position_ids (B, L), integer or fractional (V2PE); labels (B, L) with -100 = not learned;
         cu_seqlens (n + 1,): the row holds n packed samples that do not attend to each other;
-        feature_index: which encoded tile each image slot reads (see `embed`)."""
+        feature_index: which encoded tile each image slot reads (see `embed`).
+
+        The loss (see `lm_loss`) weighs labels by `label_weights` (B, L) (default: a token mean) and divides by
+        `loss_denominator` (default: the weights' sum). With loss_chunk > 0 it is computed from the hidden
+        states `loss_chunk` positions at a time and `logits` is None: training memory without the full logits."""
         prompt = cache is None or cache.length == 0
         if pixel_values is None and prompt and bool((input_ids == self.config.img_context_token_id).any()):
             raise ValueError("the input has <IMG_CONTEXT> tokens but no pixel_values")
@@ -206,8 +214,12 @@ class InternVL(nn.Module):
             position_ids = (torch.arange(input_ids.shape[1], device=input_ids.device) - starts.to(input_ids.device))[None]
         elif position_ids is None:
             position_ids = default_positions(input_ids, attention_mask, cache.length if cache else 0)
-        logits = self.language_model(embeds, position_ids, attention_mask, cache, logits_to_keep, cu_seqlens)
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        lm = self.language_model
+        if labels is not None and loss_chunk > 0:
+            hidden = lm(embeds, position_ids, attention_mask, cache, logits_to_keep, cu_seqlens, head=False)
+            return Output(None, lm_loss(hidden, lm.lm_head, labels, label_weights, loss_denominator, loss_chunk))
+        logits = lm(embeds, position_ids, attention_mask, cache, logits_to_keep, cu_seqlens)
+        loss = lm_loss(logits, None, labels, label_weights, loss_denominator) if labels is not None else None
         return Output(logits=logits, loss=loss)
 
     # --- the original chat API (implemented in infer/chat.py; kept here so users of the original feel at home) ---
@@ -242,8 +254,41 @@ def default_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | No
     return positions.masked_fill(attention_mask == 0, 1)[:, -length:]
 
 
+def lm_loss(
+    hidden: torch.Tensor,
+    head: nn.Module | None,
+    labels: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    denominator: torch.Tensor | float | None = None,
+    chunk: int = 0,
+) -> torch.Tensor:
+    """sum_t ce_t * w_t / D over next-token predictions (position t predicts labels[t + 1], weighted by
+    weights[t + 1], by default 1 on every label that is not -100); D defaults to the sum of those weights.
+
+    `hidden` (B, L, D) goes through `head` (the output layer) first; with head None it already is the logits.
+    With chunk > 0 the logits are made `chunk` positions at a time and recomputed in the backward pass, so the
+    whole (L, vocab) float32 logits never exist: for 16,384 tokens of a 151,674-word vocabulary they, their
+    softmax and gradient would take about 30 GB. The cross-entropy is always taken in float32."""
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    y = labels[:, 1:].reshape(-1).to(h.device)
+    w = (y != IGNORE_INDEX).float() if weights is None else weights[:, 1:].reshape(-1).to(h.device, torch.float32)
+    step = chunk if chunk > 0 else max(h.shape[0], 1)
+    recompute = head is not None and 0 < chunk < h.shape[0] and torch.is_grad_enabled()  # one chunk: no gain
+    total = h.new_zeros((), dtype=torch.float32)
+    for start in range(0, h.shape[0], step):
+        part = (h[start : start + step], y[start : start + step], w[start : start + step])
+        total = total + (checkpoint(_weighted_ce, head, *part, use_reentrant=False) if recompute
+                         else _weighted_ce(head, *part))
+    if denominator is None:
+        denominator = w.sum()
+    return total / torch.clamp_min(torch.as_tensor(denominator, device=h.device), 1e-12)
+
+
+def _weighted_ce(head: nn.Module | None, h: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    logits = (h if head is None else head(h)).float()
+    return (F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="none") * w).sum()
+
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over the positions whose label is not -100 (computed in float32)."""
-    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
-    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+    return lm_loss(logits, None, labels)

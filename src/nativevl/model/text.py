@@ -248,8 +248,10 @@ class CausalLM(nn.Module):
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
         cu_seqlens: torch.Tensor | None = None,
+        head: bool = True,
     ) -> torch.Tensor:
-        """(B, L, D) embeddings -> (B, L or logits_to_keep, vocab) logits; appends to `cache` if given."""
+        """(B, L, D) embeddings -> (B, L or logits_to_keep, vocab) logits, or with head=False the final normed
+        hidden states (B, L or logits_to_keep, D); appends to `cache` if given."""
         past = cache.length if cache is not None else 0
         a = attention_inputs(self.config, position_ids, attention_mask, past, inputs_embeds.dtype, cu_seqlens)
         x = inputs_embeds
@@ -259,4 +261,4 @@ class CausalLM(nn.Module):
         if cache is not None:
             cache.length += x.shape[1]
         x = self.model.norm(x[:, -logits_to_keep:] if logits_to_keep else x)
-        return self.lm_head(x)
+        return self.lm_head(x) if head else x

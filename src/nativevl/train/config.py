@@ -81,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "bf16"  # "bf16" (autocast) or "fp32"
     activation_checkpointing: bool = False  # recompute ViT and LLM layers in the backward pass
+    loss_chunk: int = 4096  # positions per chunk of output logits (never all at once; 0: all at once)
     drop_path_rate: float = 0.0  # ViT stochastic depth at the last layer (rises linearly from 0)
     loss_reduction: str = "square"  # "token", "sample" or "square" (spec §5)
     save_every: int = 100  # steps between checkpoints (the last step is always saved)

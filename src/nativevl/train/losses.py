@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from nativevl.model.internvl import IGNORE_INDEX
+from nativevl.model.internvl import IGNORE_INDEX, lm_loss
 
 REDUCTIONS = ("token", "sample", "square")
 
@@ -63,14 +63,9 @@ def weighted_lm_loss(
     denominator: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """sum_t ce_t * w_t / D over next-token predictions (logits[t] predicts labels[t + 1], weighted by
-    weights[t + 1]); D defaults to the local sum of those weights."""
-    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-    shift_labels = labels[:, 1:].reshape(-1)
-    shift_weights = weights[:, 1:].reshape(-1).to(shift_logits.dtype)
-    ce = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
-    if denominator is None:
-        denominator = shift_weights.sum()
-    return (ce * shift_weights).sum() / torch.clamp_min(torch.as_tensor(denominator, device=ce.device), 1e-12)
+    weights[t + 1]); D defaults to the local sum of those weights. (The trainer has the model compute the same
+    loss in chunks: `InternVL.forward(labels=…, label_weights=…, loss_chunk=…)`.)"""
+    return lm_loss(logits, None, labels, weights, denominator)
 
 
 # --- MPO: preference (DPO sigmoid) + quality (BCO pair) + generation (SFT) losses, spec §9 ----------------------

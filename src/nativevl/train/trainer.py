@@ -33,7 +33,7 @@ from nativevl.config import preset
 from nativevl.data.dataset import DataConfig
 from nativevl.data.loader import StreamConfig, TrainStream, make_loader
 from nativevl.data.packing import PackedBatch
-from nativevl.model.internvl import IGNORE_INDEX, InternVL
+from nativevl.model.internvl import IGNORE_INDEX, InternVL, Output
 from nativevl.tokenizer import IM_END, IM_START, load_tokenizer
 from nativevl.train import checkpoint as ckpt
 from nativevl.train.config import TrainConfig
@@ -43,7 +43,6 @@ from nativevl.train.losses import (
     reduce_denominator,
     sequence_logps,
     token_weights,
-    weighted_lm_loss,
 )
 from nativevl.weights import SIDECAR_FILES, read_state, save_state
 
@@ -263,13 +262,14 @@ class Trainer:
         enabled = self.cfg.precision == "bf16"
         return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def _forward(self, model: InternVL, batch: PackedBatch) -> torch.Tensor:
+    def _forward(self, model: InternVL, batch: PackedBatch, **loss: Any) -> Output:
+        """The packed row through `model`; with `loss` (labels, label_weights, …) the loss is computed in chunks."""
         device = self.dist.device
         index = batch.feature_index.to(device) if batch.feature_index is not None else None
         with self._autocast():
             return model(batch.input_ids.to(device), pixel_values=batch.pixel_values.to(device),
                          image_flags=batch.image_flags.to(device), position_ids=batch.position_ids.to(device),
-                         cu_seqlens=batch.cu_seqlens.to(device), feature_index=index).logits
+                         cu_seqlens=batch.cu_seqlens.to(device), feature_index=index, **loss)
 
     def _lm_losses(self, batches: list[PackedBatch]) -> Iterator[tuple[torch.Tensor, dict[str, float]]]:
         """Next-token loss per micro-batch; their sum is the weighted mean over every rank's micro-batches."""
@@ -278,17 +278,17 @@ class Trainer:
         local = torch.stack([w[:, 1:].sum() for w in weights]).sum().to(device)
         denominator = reduce_denominator(local)  # averaged across ranks: see train/losses.py
         for batch, w in zip(batches, weights, strict=True):
-            logits = self._forward(self.model, batch)
-            yield weighted_lm_loss(logits, batch.labels.to(device), w.to(device), denominator), {}
+            yield self._forward(self.model, batch, labels=batch.labels.to(device), label_weights=w.to(device),
+                                loss_denominator=denominator, loss_chunk=self.cfg.loss_chunk).loss, {}
 
     def _mpo_losses(self, batches: list[PackedBatch]) -> Iterator[tuple[torch.Tensor, dict[str, float]]]:
         """MPO per micro-batch (a packed row of pairs: segments chosen, rejected, chosen, ...), averaged."""
         m, device = self.cfg.mpo, self.dist.device
         for batch in batches:
             labels, cu = batch.labels.to(device), batch.cu_seqlens.to(device)
-            logps, counts = sequence_logps(self._forward(self.model, batch), labels, cu)
+            logps, counts = sequence_logps(self._forward(self.model, batch).logits, labels, cu)
             with torch.no_grad():
-                ref, _ = sequence_logps(self._forward(self.reference, batch), labels, cu)
+                ref, _ = sequence_logps(self._forward(self.reference, batch).logits, labels, cu)
             nll = -logps[0::2].sum() / counts[0::2].sum().clamp_min(1)  # token-mean CE of the chosen answers
             loss, stats = mpo_loss(logps[0::2], logps[1::2], ref[0::2], ref[1::2], nll, self.running, beta=m.beta,
                                    weights=(m.dpo_weight, m.bco_weight, m.sft_weight))
