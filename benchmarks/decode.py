@@ -96,11 +96,7 @@ def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeat
                     theirs_runner(theirs, ids, True), steps, repeats, device)
             free()
         lm = ours.language_model
-        if compiled:
-            lm.forward = torch.compile(lm.forward, dynamic=True)
-            for batch, ids in prompts.items():
-                found[batch]["nativevl --compile"] = per_step(ours_runner(ours, ids), steps, repeats, device)
-            del lm.forward  # the class's eager forward again
+        # prepacked first: torch.compile leaves worker processes and threads behind that slow what follows
         if dtype == torch.float32 and device == "cpu" and torch.backends.mkldnn.is_available():
             packed = [m for m in lm.modules() if isinstance(m, torch.nn.Linear)]
             prepack_linears(lm)
@@ -108,6 +104,11 @@ def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeat
                 found[batch]["nativevl --prepack"] = per_step(ours_runner(ours, ids), steps, repeats, device)
             for m in packed:
                 del m.forward  # unpacked again
+        if compiled:
+            lm.forward = torch.compile(lm.forward, dynamic=True)
+            for batch, ids in prompts.items():
+                found[batch]["nativevl --compile"] = per_step(ours_runner(ours, ids), steps, repeats, device)
+            del lm.forward  # the class's eager forward again
         for batch, engines in found.items():
             base = engines["transformers generate"].median
             for engine, t in engines.items():

@@ -153,13 +153,16 @@ def test_the_data_check_fails_loudly(world, tmp_path):
 
 
 def test_two_processes_equal_one_process(world, tmp_path):
-    """FSDP2 over 2 gloo processes (one data shard each) vs 1 process accumulating the same 2 shards."""
-    one = _run(settings(world, tmp_path / "one", steps=3, **{"optim.grad_accum": 2, "drop_path_rate": 0.0}))
+    """FSDP2 over 2 gloo processes (one data shard each) vs 1 process accumulating the same 2 shards; the loss
+    in chunks of 100 positions (recomputed in the backward pass, inside FSDP's root unit) in both."""
+    one = _run(settings(world, tmp_path / "one", steps=3, **{"optim.grad_accum": 2, "drop_path_rate": 0.0,
+                                                               "loss_chunk": 100}))
     assert one.wait(timeout=300) == 0, one.stdout.read()
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "nativevl", "train", "pretrain",
                           *sum([["--set", a] for a in settings(world, tmp_path / "two", steps=3,
-                                                                  **{"drop_path_rate": 0.0})], [])],
+                                                                  **{"drop_path_rate": 0.0, "loss_chunk": 100})],
+                               [])],
                          capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
