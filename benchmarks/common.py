@@ -11,7 +11,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -26,9 +25,6 @@ class Timing:
     low: float
     high: float
     runs: int
-
-    def per(self, n: float) -> "Timing":
-        return Timing(self.median / n, self.low / n, self.high / n, self.runs)
 
     def rate(self, n: float) -> "Rate":
         """n units per run -> units/s (a low time is a high rate)."""
@@ -108,10 +104,6 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def scratch() -> Path:
-    return Path(tempfile.mkdtemp(prefix="nativevl-bench-"))
 
 
 def text_ids(model, shape: tuple[int, ...], seed: int, device: str = "cpu") -> torch.Tensor:  # noqa: ANN001

@@ -49,7 +49,7 @@ def main() -> None:
     if args.one is not None:
         print(json.dumps(step(args.tokens, args.one, args.device)))
         return
-    print(f"| loss | tokens | peak memory (GiB) | step (s) | loss value |\n| --- | --- | --- | --- | --- |")
+    print("| loss | tokens | peak memory (GiB) | step (s) | loss value |\n| --- | --- | --- | --- | --- |")
     for chunk in (0, args.chunk):
         out = subprocess.run([sys.executable, "-m", "benchmarks.loss_memory", "--tokens", str(args.tokens),
                               "--device", args.device, "--one", str(chunk)], capture_output=True, text=True,

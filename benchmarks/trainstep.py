@@ -65,8 +65,6 @@ def peak_memory(device: str) -> str:
 
 
 def run(preset: str, seq: int, tiles: int, repeats: int, bf16_flops: float, device: str) -> str:
-    from nativevl.model.internvl import causal_lm_loss  # noqa: F401 - the loss nativevl's forward applies
-
     ours = build_ours(preset, torch.float32, device).train()
     x = row(ours, seq, tiles, device)
     # 3 x the forward's matrix work (forward, and backward for inputs and weights), over the full row

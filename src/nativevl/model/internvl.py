@@ -287,8 +287,3 @@ def lm_loss(
 def _weighted_ce(head: nn.Module | None, h: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     logits = (h if head is None else head(h)).float()
     return (F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="none") * w).sum()
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the positions whose label is not -100 (computed in float32)."""
-    return lm_loss(logits, None, labels)
