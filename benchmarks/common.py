@@ -56,6 +56,23 @@ def measure(fn: Callable[[], object], repeats: int, warmup: int = 1, device: str
     return Timing(statistics.median(times), min(times), max(times), repeats)
 
 
+def measure_pair(a: Callable[[], object], b: Callable[[], object], repeats: int, warmup: int = 1,
+                 device: str = "cpu") -> tuple[Timing, Timing]:
+    """Both functions timed in alternation (a, b, a, b, ...), so a drift of the machine's speed (this 2-core
+    CPU is shared) falls on both alike instead of on whichever ran second."""
+    for _ in range(warmup):
+        a(), b()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in ((a, times[0]), (b, times[1])):
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            out.append(time.perf_counter() - start)
+    return tuple(Timing(statistics.median(t), min(t), max(t), repeats) for t in times)  # type: ignore[return-value]
+
+
 def fmt(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import Timing, fmt, free, measure, show, table, text_ids, transformers_twin
+from benchmarks.common import fmt, free, measure_pair, show, table, text_ids, transformers_twin
 
 TEXT = 40  # text tokens around the image (system prompt, question, template)
 
@@ -67,8 +67,7 @@ def run(model, dtype: torch.dtype, tile_counts: list[int], repeats: int, flops: 
             return out[:, ids.shape[1]:]
 
         warmup = 1 if i == 0 else 0  # the first case warms both engines up; later ones are long enough alone
-        a: Timing = measure(mine, repeats, warmup=warmup, device=device)
-        b: Timing = measure(their, repeats, warmup=warmup, device=device)
+        a, b = measure_pair(mine, their, repeats, warmup=warmup, device=device)
         if i == 0 and not torch.equal(mine(), their()):  # checked on the cheapest case only
             notes.append(f"{tiles} tile(s): the first tokens differ")
         ceiling = prefill_flops(ours, tiles, ids.shape[1]) / flops
