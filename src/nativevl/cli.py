@@ -211,6 +211,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(cfg, args.host, args.port, args.graceful_timeout)
 
 
+def _speed_options(p: argparse.ArgumentParser) -> None:
+    """`chat` and `serve`'s opt-in speed switches (infer/chat.py `speed_up`)."""
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the language model: faster decoding after a compilation of a minute or two")
+    p.add_argument("--prepack", action="store_true",
+                   help="float32 on CPU: multiply with oneDNN-packed weights (1.4-2x faster decoding; a second "
+                   "copy of the weights in memory)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nativevl", description="InternVL3 in plain PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,11 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num", type=int, help="most tiles per image (default: the checkpoint's, 12)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, … (default cpu)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the language model: faster decoding after a compilation of a minute or two")
-    p.add_argument("--prepack", action="store_true",
-                   help="float32 on CPU: multiply with oneDNN-packed weights (1.4-2x faster decoding; a second "
-                   "copy of the weights in memory)")
+    _speed_options(p)
     p.add_argument("--max-new-tokens", type=int, default=1024, help="answer length limit (default 1024)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
@@ -342,11 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
     p.add_argument("--device", help="cpu, cuda, … (default cpu)")
     p.add_argument("--v2pe-delta", type=float, help="V2PE position step of visual tokens (default: integer)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the language model: faster decoding after a compilation of a minute or two")
-    p.add_argument("--prepack", action="store_true",
-                   help="float32 on CPU: multiply with oneDNN-packed weights (1.4-2x faster decoding; a second "
-                   "copy of the weights in memory)")
+    _speed_options(p)
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -246,6 +246,19 @@ def _device(model: InternVL) -> torch.device:
     return model.language_model.lm_head.weight.device
 
 
+def speed_up(model: InternVL, prepack: bool = False, compile: bool = False) -> InternVL:
+    """The opt-in speed switches of `chat` and `serve` (docs/inference.md), applied after loading and casting.
+
+    prepack: float32 on CPU, multiply with oneDNN-packed copies of the weights (model/layers.py).
+    compile: gpt-fast's recipe, the whole decoder compiled so the small operations between the matrix products
+    fuse; dynamic shapes make one compilation serve every prompt length, cache length and batch size."""
+    if prepack:
+        prepack_linears(model)
+    if compile:
+        model.language_model.compile(dynamic=True)
+    return model
+
+
 class Pipeline:
     """A checkpoint folder ready to answer: `pipe(prompt, images=[...])`, `pipe.stream(...)`."""
 
@@ -259,13 +272,7 @@ class Pipeline:
         compile: bool = False,
         prepack: bool = False,
     ) -> None:
-        self.model = InternVL.from_pretrained(path, dtype=dtype, device=device).eval()
-        if prepack:  # float32 on CPU: multiply with oneDNN-packed copies of the weights (model/layers.py)
-            prepack_linears(self.model)
-        if compile:
-            # gpt-fast's recipe: the whole decoder compiled, so the small operations between the matrix products
-            # fuse; dynamic shapes make one compilation serve every prompt length, cache length and batch size.
-            self.model.language_model.compile(dynamic=True)
+        self.model = speed_up(InternVL.from_pretrained(path, dtype=dtype, device=device).eval(), prepack, compile)
         self.tokenizer = load_tokenizer(path)
         _check_tokenizer(self.model, self.tokenizer)
         self.max_num = max_num or self.model.config.max_dynamic_patch

@@ -40,10 +40,9 @@ from starlette.exceptions import HTTPException
 
 from nativevl.conversation import IMAGE_PLACEHOLDER, chat_prompt, expand_images
 from nativevl.data.image import ImageError, load_image, open_image
-from nativevl.infer.chat import _check_tokenizer, _generation_config
+from nativevl.infer.chat import _check_tokenizer, _generation_config, speed_up
 from nativevl.infer.generate import GenerationConfig
 from nativevl.model.internvl import InternVL
-from nativevl.model.layers import prepack_linears
 from nativevl.serve.engine import Engine, Event, Sequence
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
 
@@ -242,11 +241,8 @@ class Server:
 
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
-        self.model = InternVL.from_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device).eval()
-        if cfg.prepack:
-            prepack_linears(self.model)
-        if cfg.compile:
-            self.model.language_model.compile(dynamic=True)
+        self.model = speed_up(InternVL.from_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device).eval(),
+                              cfg.prepack, cfg.compile)
         self.tokenizer: InternVLTokenizer = load_tokenizer(cfg.model)
         _check_tokenizer(self.model, self.tokenizer)
         self.name = cfg.model_name or Path(cfg.model).resolve().name
