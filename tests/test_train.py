@@ -111,6 +111,15 @@ def test_corrupted_checkpoint_falls_back_to_the_previous(world, tmp_path, caplog
     assert "step-0000004 is unusable (model.safetensors does not match its checksum)" in caplog.text
 
 
+def test_resuming_with_another_worker_count_names_the_setting(world, tmp_path):
+    Trainer(config(world, tmp_path, steps=2)).run()
+    with pytest.raises(TrainingError, match=r"written with data.num_workers=0, this run has data.num_workers=1"):
+        Trainer(config(world, tmp_path, steps=4, **{"data.num_workers": 1}))
+    with pytest.raises(TrainingError, match=r"written with optim.grad_accum=1, this run has optim.grad_accum=2"):
+        Trainer(config(world, tmp_path, steps=4, **{"optim.grad_accum": 2}))
+    assert Trainer(config(world, tmp_path, steps=4)).step == 2  # the same settings resume
+
+
 def test_freezing_trains_only_what_is_unfrozen(world, tmp_path):
     trainer = Trainer(config(world, tmp_path, steps=1, **{"freeze.vit": True, "freeze.llm": True}))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}

@@ -18,9 +18,9 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -391,6 +391,7 @@ class Trainer:
                 "step": self.step, "scheduler": self.scheduler.state_dict(),
                 "nonfinite_skipped": self.nonfinite_skipped, "mpo_running": self.running.state_dict()}))
         rank_state = {"loaders": [loader.state_dict() for loader in self.loaders],
+                      "num_workers": self.cfg.data.num_workers,
                       "python_rng": _jsonable(random.getstate()), "numpy_rng": _jsonable(np.random.get_state())}
         (tmp / f"rank{self.dist.rank}.json").write_text(json.dumps(rank_state))
         save_file(ckpt.rng_state(), tmp / f"rank{self.dist.rank}_rng.safetensors")
@@ -438,6 +439,7 @@ class Trainer:
         if "mpo_running" in trainer:
             self.running.load_state_dict(trainer["mpo_running"])
         rank_state = json.loads(rank_file.read_text())
+        self._check_stream_shape(folder, rank_state)
         for loader, state in zip(self.loaders, rank_state["loaders"], strict=True):
             loader.load_state_dict(state)
         random.setstate(_tuples(rank_state["python_rng"]))
@@ -445,6 +447,18 @@ class Trainer:
         ckpt.set_rng_state(load_file(folder / f"rank{self.dist.rank}_rng.safetensors"))
         if self.dist.main:
             log.info("resumed from %s (step %d)", folder, self.step)
+
+
+    def _check_stream_shape(self, folder: Path, rank_state: dict[str, Any]) -> None:
+        """The data order depends on the loader count (grad_accum) and worker count: resuming with others would
+        fail deep inside the DataLoader (or replay other samples), so say which setting differs."""
+        saved = {"optim.grad_accum": len(rank_state["loaders"]), "data.num_workers": rank_state.get("num_workers")}
+        now = {"optim.grad_accum": len(self.loaders), "data.num_workers": self.cfg.data.num_workers}
+        for key, value in saved.items():
+            if value is not None and value != now[key]:
+                raise TrainingError(f"{folder} was written with {key}={value}, this run has {key}={now[key]}: "
+                                    f"resume with {key}={value} (the data order depends on it), or start afresh "
+                                    f"with resume=false or another out")
 
 
 def _jsonable(value: Any) -> Any:
