@@ -157,6 +157,52 @@ def test_prepacked_weights_generate_what_transformers_does(pair):
     assert not torch.equal(plain, packed)  # the packed kernels really ran (their sums round differently)
     torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-5)
     assert generate(model, a, pixel_values=pv, max_new_tokens=10).tolist() == ref.tolist()
+    layer = model.language_model.model.layers[0].mlp.up_proj
+    with torch.no_grad():
+        for rows in (1, 256, 257):  # above PACKED_MAX_ROWS (a prefill, a ViT tile) MKL's product is faster
+            x = torch.randn(rows, layer.in_features)
+            with torch.profiler.profile() as prof:
+                got = layer(x)
+            assert any("_linear_pointwise" in e.name for e in prof.events()) == (rows <= 256)
+            if rows > 256:
+                assert torch.equal(got, torch.nn.functional.linear(x, layer.weight, layer.bias))
     loss = model(a, pixel_values=pv, labels=a).loss
     loss.backward()
     assert model.language_model.lm_head.weight.grad is not None
+
+
+def test_prepacked_bf16_layers_widen_only_from_four_rows(pair):
+    """`--prepack` on a bf16 model, on a CPU without native bf16 products: 1-3 rows stay on torch's bf16 kernel
+    (bit-identical), from 4 rows the product runs widened to float32 on the packed copy; a whole model's logits
+    stay within bf16 rounding of the plain model's. On a CPU with native bf16 nothing is packed."""
+    import copy
+
+    from nativevl.model.layers import BF16_PACKED_MIN_ROWS, prepack_linears
+
+    _, ours = pair
+    model = copy.deepcopy(ours).to(torch.bfloat16)
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    count = prepack_linears(model)
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert count == 0
+        return
+    assert count == linears and BF16_PACKED_MIN_ROWS == 4
+    layer = model.language_model.model.layers[0].self_attn.q_proj
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for rows in (1, 3, 4, 9):
+            x = torch.randn(1, rows, layer.in_features, dtype=torch.bfloat16)
+            with torch.profiler.profile() as prof:
+                got = layer(x)
+            ran_packed = any("_linear_pointwise" in e.name for e in prof.events())
+            assert got.dtype == torch.bfloat16 and ran_packed == (rows >= 4)
+            if rows < 4:
+                assert torch.equal(got, torch.nn.functional.linear(x, layer.weight, layer.bias))
+            else:  # exact products of bf16 values, float32 sums, one rounding to bf16
+                widened = (x.float() @ layer.weight.float().T + layer.bias.float()).to(torch.bfloat16)
+                torch.testing.assert_close(got, widened, rtol=2**-7, atol=1e-6)
+        a, pv = prompt([1], seed=5), pixels(1).to(torch.bfloat16)
+        plain = copy.deepcopy(ours).to(torch.bfloat16)(a, pixel_values=pv).logits
+        packed = model(a, pixel_values=pv).logits
+    assert not torch.equal(plain, packed)
+    torch.testing.assert_close(packed.float(), plain.float(), rtol=0.05, atol=0.05)
