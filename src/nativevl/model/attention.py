@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,18 @@ class AttentionInputs:
     max_seqlen: int = 0
 
 
+@cache
+def _varlen_options() -> frozenset[str] | None:
+    """The keyword arguments of this torch's `varlen_attn` (2.11 has no `enable_gqa`, 2.13 has), or None where
+    it is missing or cannot be made causal through `window_size` (then each sample gets its own SDPA call)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    options = frozenset(inspect.signature(varlen_attn).parameters)
+    return options if "window_size" in options else None
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: AttentionInputs, dropout: float = 0.0
            ) -> torch.Tensor:
     """q (B, H, Lq, D), k/v (B, Hkv, Lk, D) -> (B, H, Lq, D)."""
@@ -34,12 +48,18 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: AttentionInputs
     if a.segments is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=a.mask, is_causal=a.is_causal,
                                               dropout_p=dropout, enable_gqa=gqa)
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0:
+    varlen = _varlen_options() if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) else None
+    if varlen is not None and dropout == 0.0:
         from torch.nn.attention.varlen import varlen_attn
 
+        options: dict[str, object] = {"window_size": (-1, 0)}  # causal
+        if gqa and "enable_gqa" in varlen:
+            options["enable_gqa"] = True
+        elif gqa:  # an older torch: each key/value head repeated for its group of query heads
+            k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
         cu = a.cu_seqlens.to(device=q.device, dtype=torch.int32)
         out = varlen_attn(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu, cu,
-                          a.max_seqlen, a.max_seqlen, window_size=(-1, 0), enable_gqa=gqa)
+                          a.max_seqlen, a.max_seqlen, **options)
         return out.transpose(0, 1)[None]
     return torch.cat([
         F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True, dropout_p=dropout,
