@@ -251,7 +251,9 @@ def speed_up(model: InternVL, prepack: bool = False, compile: bool = False) -> I
 
     prepack: float32 on CPU, multiply with oneDNN-packed copies of the weights (model/layers.py).
     compile: gpt-fast's recipe, the whole decoder compiled so the small operations between the matrix products
-    fuse; dynamic shapes make one compilation serve every prompt length, cache length and batch size."""
+    fuse; dynamic shapes make one compilation serve every prompt length, cache length and batch size. (On CUDA
+    the faster route is a CUDA-graph decode, `infer.generate.GraphDecoder`; it becomes this switch's CUDA path
+    once it has run on a GPU: see docs/benchmarks.md.)"""
     if prepack:
         prepack_linears(model)
     if compile:

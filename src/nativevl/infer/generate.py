@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
+from functools import partial
 from typing import Any
 
 import torch
 
 from nativevl.model.internvl import InternVL, default_positions
-from nativevl.model.text import KVCache
+from nativevl.model.text import KVCache, rope_inv_freq
 
 
 @dataclass
@@ -131,6 +132,76 @@ def decode_one_token(
     return model(token, attention_mask=attention_mask, position_ids=position, cache=cache).logits[:, -1]
 
 
+class GraphDecoder:
+    """gpt-fast's decode on CUDA: the step over a cache of fixed size, compiled once per (batch, cache size)
+    and replayed as one CUDA graph (`torch.compile(mode="reduce-overhead")`), so a step costs one launch
+    instead of hundreds. Everything the step reads lives in buffers of fixed address, filled before each
+    replay: the token, its position, the slot it writes, the mask of slots to attend, the rotary frequencies
+    (chosen outside the graph, so dynamic NTK scaling still applies past the trained length).
+
+    Install it with `model.graph_decoder = GraphDecoder(model)`; `generate` then uses it for every call. Cache
+    sizes are rounded up to a multiple of `bucket` so prompts of similar length share one compiled graph.
+    Status: its step is checked against the eager decoder on the CPU (tests/test_generate.py, compiled=False);
+    the captured graph has not yet run on a GPU (`python -m benchmarks.gpu_check` checks it there)."""
+
+    def __init__(self, model: InternVL, bucket: int = 256, compiled: bool = True) -> None:
+        self.model, self.bucket, self.compiled = model, bucket, compiled  # compiled=False: the same step, eager
+        self.graphs: dict[tuple[int, int], _Graph] = {}
+
+    def cache(self, batch: int, length: int) -> "_Graph":
+        size = -(-length // self.bucket) * self.bucket
+        if (batch, size) not in self.graphs:
+            self.graphs[batch, size] = _Graph(self.model, batch, size, self.compiled)
+        graph = self.graphs[batch, size]
+        graph.reset()
+        return graph
+
+
+class _Graph:
+    def __init__(self, model: InternVL, batch: int, size: int, compiled: bool) -> None:
+        lm = model.language_model
+        device = lm.lm_head.weight.device
+        self.cfg, self.size = lm.config, size
+        self.kv = model.new_cache(batch, size)
+        self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.position = torch.zeros(batch, 1, dtype=torch.float32, device=device)
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)
+        self.mask = torch.zeros(batch, 1, 1, size, dtype=torch.bool, device=device)
+        self.inv_freq = rope_inv_freq(self.cfg, self.position).clone()  # unscaled: positions within the limit
+        for t in (*self.kv.keys, *self.kv.values, self.token, self.position, self.slot, self.mask, self.inv_freq):
+            torch._dynamo.mark_static_address(t)  # read and written in place by the graph, never copied
+        step = partial(lm.static_step, cache=self.kv)
+        self.step = torch.compile(step, mode="reduce-overhead", fullgraph=True) if compiled else step
+        self.started = False
+
+    def reset(self) -> None:
+        self.kv.length, self.kv.slot, self.started = 0, None, False
+        self.mask.zero_()
+
+    def decode(self, token: torch.Tensor, attention_mask: torch.Tensor | None, position: torch.Tensor,
+               max_position: float) -> torch.Tensor:
+        """After a prefill into `self.kv`: the next-token logits of token (B, 1) at position (B, 1)."""
+        slot = self.kv.length
+        if slot == 0 or slot >= self.size:
+            raise ValueError(f"static decode needs a prefilled cache with room: slot {slot} of {self.size}")
+        if not self.started:  # the prompt's slots, left padding hidden
+            self.mask[:, 0, 0, :slot] = True if attention_mask is None else attention_mask[:, :slot].bool()
+            self.started = True
+        self.mask[:, 0, 0, slot] = True
+        self.token.copy_(token)
+        self.position.copy_(position)
+        self.slot.fill_(slot)
+        if self.cfg.rope_scaling is not None and max_position + 1 > self.cfg.max_position_embeddings:
+            self.inv_freq.copy_(rope_inv_freq(self.cfg, torch.tensor([[max_position]])))  # dynamic NTK, on the host
+        self.kv.slot = self.slot
+        try:
+            logits = self.step(self.token, self.position, self.inv_freq, self.mask).clone()
+        finally:
+            self.kv.slot = None
+        self.kv.length += 1
+        return logits
+
+
 StopCheck = Callable[[int, list[int]], bool]  # (row, that row's new tokens) -> stop this row?
 
 
@@ -158,9 +229,12 @@ def generate_steps(
     generator = None
     if config.do_sample and config.seed is not None:
         generator = torch.Generator(device=device).manual_seed(config.seed)
-    cache = model.new_cache(b, length + config.max_new_tokens)
+    graph = getattr(model, "graph_decoder", None)
+    graph = graph.cache(b, length + config.max_new_tokens) if graph is not None else None
+    cache = graph.kv if graph is not None else model.new_cache(b, length + config.max_new_tokens)
     logits = prefill(model, cache, input_ids, pixel_values, attention_mask, position_ids, image_flags)
     position = position_ids[:, -1:]
+    max_position = float(position.max()) if graph is not None else 0.0  # one sync; then counted on the host
     generated = torch.empty(b, 0, dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     for step in range(config.max_new_tokens):
@@ -179,7 +253,11 @@ def generate_steps(
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)
         position = position + 1
-        logits = decode_one_token(model, cache, token[:, None], attention_mask, position)
+        if graph is not None:
+            max_position += 1
+            logits = graph.decode(token[:, None], attention_mask, position, max_position)
+        else:
+            logits = decode_one_token(model, cache, token[:, None], attention_mask, position)
 
 
 def generate(

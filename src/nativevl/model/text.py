@@ -42,11 +42,14 @@ def rope_inv_freq(cfg: TextConfig, position_ids: torch.Tensor) -> torch.Tensor:
 
 
 def rope_cos_sin(
-    cfg: TextConfig, position_ids: torch.Tensor, dtype: torch.dtype
+    cfg: TextConfig, position_ids: torch.Tensor, dtype: torch.dtype, inv_freq: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of shape (B, L, head_dim) for float or integer positions (B, L), computed in float32 as
-    transformers does (so a V2PE step of 1/256 is resolved exactly only below 65,536)."""
-    freqs = position_ids.float()[..., None] * rope_inv_freq(cfg, position_ids)
+    transformers does (so a V2PE step of 1/256 is resolved exactly only below 65,536). `inv_freq`: the
+    frequencies already chosen for these positions (a captured graph cannot branch on the positions)."""
+    if inv_freq is None:
+        inv_freq = rope_inv_freq(cfg, position_ids)
+    freqs = position_ids.float()[..., None] * inv_freq
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -80,9 +83,16 @@ class KVCache:
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
         self.length = 0
         self.max_len = max_len
+        # Static mode (a decode step captured as a CUDA graph, infer/generate.py's GraphDecoder): one new slot
+        # per step, written at this tensor's index, and every slot returned (a mask hides the unwritten ones).
+        self.slot: torch.Tensor | None = None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the new keys/values after the current length; return everything written so far."""
+        if self.slot is not None:
+            self.keys[layer].index_copy_(2, self.slot, k)
+            self.values[layer].index_copy_(2, self.slot, v)
+            return self.keys[layer], self.values[layer]
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache is full: {end} slots needed, {self.max_len} allocated")
@@ -97,7 +107,7 @@ class KVCache:
         out = KVCache.__new__(KVCache)
         out.keys = [k[rows, :, first_slot:] for k in self.keys]
         out.values = [v[rows, :, first_slot:] for v in self.values]
-        out.length, out.max_len = self.length - first_slot, self.max_len - first_slot
+        out.length, out.max_len, out.slot = self.length - first_slot, self.max_len - first_slot, None
         return out
 
     @staticmethod
@@ -110,7 +120,7 @@ class KVCache:
         out = KVCache.__new__(KVCache)
         out.keys = [k0.new_zeros(shape) for _ in caches[0].keys]
         out.values = [k0.new_zeros(shape) for _ in caches[0].keys]
-        out.length, out.max_len = length, length + room
+        out.length, out.max_len, out.slot = length, length + room, None
         row = 0
         for c in caches:
             rows = slice(row, row + c.keys[0].shape[0])
@@ -262,3 +272,14 @@ class CausalLM(nn.Module):
             cache.length += x.shape[1]
         x = self.model.norm(x[:, -logits_to_keep:] if logits_to_keep else x)
         return self.lm_head(x) if head else x
+
+    def static_step(self, token: torch.Tensor, position: torch.Tensor, inv_freq: torch.Tensor,
+                    mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One decode step with nothing that depends on the values or the cache length: token (B, 1), position
+        (B, 1), mask (B, 1, 1, max_len) of the slots to attend, `cache.slot` set -> logits (B, vocab)."""
+        cos, sin = rope_cos_sin(self.config, position, self.lm_head.weight.dtype, inv_freq)
+        a = AttentionInputs(cos, sin, mask=mask)
+        x = self.model.embed_tokens(token)
+        for layer in self.model.layers:
+            x = layer(x, a, cache)
+        return self.lm_head(self.model.norm(x))[:, -1]
