@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         print(line)
     start = time.perf_counter()
     bandwidth = roofline.read_bandwidth(dev, repeats)
-    flops = {d: roofline.matmul_flops(d, dev, repeats) for d in {*dtypes, ttft_dtype, torch.bfloat16}}
+    flops = {d: roofline.matmul_flops(d, dev, repeats) for d in {*dtypes, ttft_dtype, torch.float32, torch.bfloat16}}
     emit(f"read bandwidth {bandwidth:.1f} GB/s; matmul " +
          ", ".join(f"{str(d).removeprefix('torch.')} {fmt(f / 1e9)} GFLOP/s" for d, f in flops.items()) + "\n")
     needs_model = {"decode", "ttft"} & set(suites)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     if "ttft" in suites:
         emit("## Time to first token (one image)\n")
         emit(ttft.run(build_ours(args.preset, torch.float32, dev) if "decode" in suites else model, ttft_dtype,
-                      [int(t) for t in args.tiles.split(",")], repeats, flops[ttft_dtype], dev) + "\n")
+                      [int(t) for t in args.tiles.split(",")], repeats, flops, dev) + "\n")
     if "decode" in suites:
         emit("## Decode\n")
         emit(decode.run(model, dtypes, [int(b) for b in args.batches.split(",")], args.steps, repeats, bandwidth,

@@ -56,21 +56,22 @@ def measure(fn: Callable[[], object], repeats: int, warmup: int = 1, device: str
     return Timing(statistics.median(times), min(times), max(times), repeats)
 
 
-def measure_pair(a: Callable[[], object], b: Callable[[], object], repeats: int, warmup: int = 1,
-                 device: str = "cpu") -> tuple[Timing, Timing]:
-    """Both functions timed in alternation (a, b, a, b, ...), so a drift of the machine's speed (this 2-core
-    CPU is shared) falls on both alike instead of on whichever ran second."""
+def measure_turns(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, device: str = "cpu"
+                  ) -> dict[str, Timing]:
+    """The functions timed in turns (a, b, c, a, b, c, ...), so a drift of the machine's speed (this 2-core CPU
+    is shared) falls on all of them alike instead of on whichever ran last."""
     for _ in range(warmup):
-        a(), b()
-    times: tuple[list[float], list[float]] = ([], [])
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        for fn, out in ((a, times[0]), (b, times[1])):
+        for name, fn in fns.items():
             sync(device)
             start = time.perf_counter()
             fn()
             sync(device)
-            out.append(time.perf_counter() - start)
-    return tuple(Timing(statistics.median(t), min(t), max(t), repeats) for t in times)  # type: ignore[return-value]
+            times[name].append(time.perf_counter() - start)
+    return {name: Timing(statistics.median(t), min(t), max(t), repeats) for name, t in times.items()}
 
 
 def fmt(x: float, digits: int = 3) -> str:
@@ -95,9 +96,7 @@ def build_ours(preset_name: str, dtype: torch.dtype, device: str = "cpu", seed: 
     from nativevl.model.internvl import InternVL
 
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = InternVL.from_config(preset(preset_name))
-    return model.to(dtype).eval()
+    return InternVL.from_config(preset(preset_name), dtype=dtype, device=device).eval()
 
 
 def transformers_twin(model, dtype: torch.dtype, device: str = "cpu"):  # noqa: ANN001, ANN201

@@ -8,32 +8,45 @@ every repeat, so the prefill cancels out. Random weights rarely emit an end toke
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
-from benchmarks.common import Timing, fmt, free, show, sync, table, text_ids, transformers_twin
-from benchmarks.roofline import decode_weights, kernel_floor, weight_bytes
+from benchmarks.common import (
+    Timing,
+    fmt,
+    free,
+    show,
+    sync,
+    table,
+    text_ids,
+    transformers_twin,
+)
+from benchmarks.roofline import decode_weights, floor_runner, weight_bytes
 
 PROMPT = 32  # prompt tokens per row
 
 
-def per_step(run: Callable[[int], object], steps: int, repeats: int, device: str) -> Timing:
-    """Median (and spread) over repeats of the extra time per generated token."""
-    run(1 + steps)  # warm-up at the longest length (a static cache keeps the largest size it has seen)
-    values = []
+def per_step(runners: dict[str, Callable[[int], object]], steps: int, repeats: int, device: str
+             ) -> dict[str, Timing]:
+    """Median (and spread) over repeats of each runner's extra time per generated token. The runners take
+    turns within every repeat, so a drift of this shared machine's speed falls on all of them alike."""
+    for run in runners.values():
+        run(1 + steps)  # warm-up at the longest length (a static cache keeps the largest size it has seen)
+    values: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
-        times = []
-        for n in (1, 1 + steps):
-            sync(device)
-            start = time.perf_counter()
-            run(n)
-            sync(device)
-            times.append(time.perf_counter() - start)
-        values.append((times[1] - times[0]) / steps)
-    values.sort()
-    return Timing(values[len(values) // 2], values[0], values[-1], repeats)
+        for name, run in runners.items():
+            times = []
+            for n in (1, 1 + steps):
+                sync(device)
+                start = time.perf_counter()
+                run(n)
+                sync(device)
+                times.append(time.perf_counter() - start)
+            values[name].append((times[1] - times[0]) / steps)
+    return {name: Timing(statistics.median(v), min(v), max(v), repeats) for name, v in values.items()}
 
 
 def ours_runner(model, ids: torch.Tensor) -> Callable[[int], torch.Tensor]:  # noqa: ANN001
@@ -64,6 +77,34 @@ def theirs_runner(model, ids: torch.Tensor, compiled: bool = False) -> Callable[
     return run
 
 
+def prepacked_forwards(module: torch.nn.Module) -> dict[torch.nn.Module, Callable]:
+    """Each linear layer's `prepack_linears` forward, taken off again so the plain layers run until
+    `with_packs` switches the packed copies on (none on a torch without oneDNN or for an unpacked dtype)."""
+    from nativevl.model.layers import prepack_linears
+
+    if not torch.backends.mkldnn.is_available():
+        return {}
+    prepack_linears(module)
+    packs = {m: m.forward for m in module.modules() if "forward" in m.__dict__}
+    for m in packs:
+        del m.forward
+    return packs
+
+
+def with_packs(run: Callable[[int], object], packs: dict[torch.nn.Module, Callable]) -> Callable[[int], object]:
+    """`run` with each linear layer's oneDNN-packed copy switched on (`prepack_linears`), then off again."""
+    def packed(n: int) -> object:
+        for layer, forward in packs.items():
+            layer.forward = forward
+        try:
+            return run(n)
+        finally:
+            for layer in packs:
+                del layer.forward
+
+    return packed
+
+
 def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeats: int, bandwidth: float,  # noqa: ANN001
         compiled: bool, device: str) -> str:
     """`model`: nativevl's InternVL in float32 on `device`, cast in place to each dtype in turn (so float32
@@ -72,8 +113,6 @@ def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeat
     Engines: nativevl as loaded; `--prepack` (float32 on CPU: oneDNN-packed weights); `--compile` (the language
     model under torch.compile, dynamic shapes: one compilation for every batch size and cache length);
     transformers' plain `generate`, and with `--compile` its static cache + torch.compile path."""
-    from nativevl.model.layers import prepack_linears
-
     rows, notes = [], []
     for dtype in dtypes:
         ours = model.to(dtype)
@@ -81,41 +120,50 @@ def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeat
         weights = decode_weights(ours)
         bound = weight_bytes(weights) / (bandwidth * 1e9)
         name = str(dtype).removeprefix("torch.")
-        prompts = {b: text_ids(ours, (b, PROMPT), seed=b, device=device) for b in batches}
-        found: dict[int, dict[str, Timing]] = {b: {} for b in batches}
-        floors = {}
-        for batch, ids in prompts.items():
+        lm = ours.language_model
+        packs = prepacked_forwards(lm) if device == "cpu" else {}
+        found: dict[int, dict[str, Timing]] = {}
+        for batch in batches:
+            ids = text_ids(ours, (batch, PROMPT), seed=batch, device=device)
             mine, their = ours_runner(ours, ids), theirs_runner(theirs, ids)
             if not torch.equal(mine(8), their(8)):
                 notes.append(f"{name} batch {batch}: the two engines' first 8 greedy tokens differ")
-            floors[batch] = kernel_floor(weights, batch, repeats)
-            found[batch]["nativevl"] = per_step(mine, steps, repeats, device)
-            found[batch]["transformers generate"] = per_step(their, steps, repeats, device)
+            runners = {"kernel floor": floor_runner(weights, batch), "nativevl": mine,
+                       "transformers generate": their}
+            if packs:
+                runners["nativevl --prepack"] = with_packs(mine, packs)
+            found[batch] = per_step(runners, steps, repeats, device)
             free()
-        lm = ours.language_model
         # every compiled path last: torch.compile leaves worker processes and threads behind that slow what follows
-        if dtype == torch.float32 and device == "cpu" and torch.backends.mkldnn.is_available():
-            packed = [m for m in lm.modules() if isinstance(m, torch.nn.Linear)]
-            prepack_linears(lm)
-            for batch, ids in prompts.items():
-                found[batch]["nativevl --prepack"] = per_step(ours_runner(ours, ids), steps, repeats, device)
-            for m in packed:
-                del m.forward  # unpacked again
         if compiled:
-            for batch, ids in prompts.items():
-                found[batch]["transformers static cache + compile"] = per_step(
-                    theirs_runner(theirs, ids, True), steps, repeats, device)
-            lm.forward = torch.compile(lm.forward, dynamic=True)
-            for batch, ids in prompts.items():
-                found[batch]["nativevl --compile"] = per_step(ours_runner(ours, ids), steps, repeats, device)
+            for batch in batches:
+                ids = text_ids(ours, (batch, PROMPT), seed=batch, device=device)
+                compiled_theirs = {"transformers static cache + compile": theirs_runner(theirs, ids, True)}
+                found[batch].update(per_step(compiled_theirs, steps, repeats, device))
+            if device.startswith("cuda"):  # the decode step over a fixed-size cache, replayed as a CUDA graph
+                from nativevl.infer.generate import GraphDecoder
+
+                ours.graph_decoder = GraphDecoder(ours)
+                try:
+                    for batch in batches:
+                        ids = text_ids(ours, (batch, PROMPT), seed=batch, device=device)
+                        found[batch].update(per_step({"nativevl GraphDecoder": ours_runner(ours, ids)}, steps,
+                                                     repeats, device))
+                except Exception as e:  # noqa: BLE001 - not yet run on a GPU: report it, time the rest
+                    notes.append(f"GraphDecoder failed: {type(e).__name__}: {str(e)[:300]}")
+                del ours.graph_decoder
+            lm.forward = torch.compile(lm.forward, dynamic=True)  # what `--compile` does (infer/chat.py)
+            for batch in batches:
+                ids = text_ids(ours, (batch, PROMPT), seed=batch, device=device)
+                found[batch].update(per_step({"nativevl --compile": ours_runner(ours, ids)}, steps, repeats, device))
             del lm.forward  # the class's eager forward again
         for batch, engines in found.items():
-            base = engines["transformers generate"].median
+            base, floor = engines["transformers generate"].median, engines.pop("kernel floor")
             for engine, t in engines.items():
                 rows.append([name, str(batch), engine, show(t, 1e3), f"{batch / t.median:.1f}",
-                             f"{base / t.median:.2f}x", f"{t.median / floors[batch].median:.2f}x",
+                             f"{base / t.median:.2f}x", f"{t.median / floor.median:.2f}x",
                              f"{bound / t.median:.0%}"])
-            notes.append(f"{name} batch {batch}: kernel floor {show(floors[batch], 1e3)} ms, "
+            notes.append(f"{name} batch {batch}: kernel floor {show(floor, 1e3)} ms, "
                          f"bandwidth bound {fmt(bound * 1e3)} ms")
         del theirs
         free()

@@ -1,15 +1,31 @@
 #!/usr/bin/env bash
 # The benchmarks on one CUDA GPU, for the device tool (or any machine with torch and transformers installed):
-#   bash benchmarks/gpu.sh            # from the repository root; the report goes to ${OUT:-.}/gpu.md
-# bf16 throughout: decode at batch 1 / 8 / 32 against transformers' generate and its static cache +
-# torch.compile path, time to first token with 1 and 13 tiles, preprocessing, and one training step at the
-# InternVL3-1B shape (a packed 8192-token row with a 13-tile image; then 16384 tokens, i.e. batch 2 x 8192).
+#   bash benchmarks/gpu.sh [STAGE...]    # from the repository root; reports go to ${OUT:-.}/gpu-STAGE.md
+# Stages (default: all, in this order), each short enough for one 10-minute device call:
+#   inference  the CUDA correctness checks (benchmarks/gpu_check.py), then bf16 decode at batch 1 / 8 / 32
+#              against transformers' generate, and time to first token with 1 and 13 tiles;
+#   train      one training step at the InternVL3-1B shape: a packed 8192-token row with a 13-tile image, then
+#              16384 tokens (batch 2 x 8192's worth), tokens/s, MFU and peak memory;
+#   compile    decode at batch 1 and 32 again, now with the compiled paths too: transformers' static cache +
+#              torch.compile, nativevl --compile (minutes of compiling).
 set -euo pipefail
 export PYTHONPATH="src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 out="${OUT:-.}"
-python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
-python3 -m benchmarks decode ttft preprocess --device cuda --dtypes bfloat16 --batches 1,8,32 --compile \
-    --steps 64 --repeats 5 --out "$out/gpu-inference.md"
-python3 -m benchmarks trainstep --device cuda --seq 8192 --repeats 5 --out "$out/gpu-train-8192.md"
-python3 -m benchmarks trainstep --device cuda --seq 16384 --repeats 3 --out "$out/gpu-train-16384.md" || true
-cat "$out"/gpu-*.md > "$out/gpu.md"
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(inference train compile)
+python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(), torch.__version__)"
+for stage in "${stages[@]}"; do
+  case "$stage" in
+    inference)
+      python3 -m benchmarks.gpu_check cuda || echo "some CUDA checks failed (above); timing goes on"
+      python3 -m benchmarks decode ttft --device cuda --dtypes bfloat16 --batches 1,8,32 --steps 64 --repeats 5 \
+          --out "$out/gpu-inference.md" ;;
+    train)
+      python3 -m benchmarks trainstep --device cuda --seq 8192 --repeats 5 --out "$out/gpu-train-8192.md"
+      python3 -m benchmarks trainstep --device cuda --seq 16384 --repeats 3 --out "$out/gpu-train-16384.md" || true ;;
+    compile)
+      python3 -m benchmarks decode --device cuda --dtypes bfloat16 --batches 1,32 --steps 64 --repeats 3 \
+          --compile --out "$out/gpu-compile.md" ;;
+    *) echo "unknown stage $stage (inference, train, compile)" >&2; exit 2 ;;
+  esac
+done

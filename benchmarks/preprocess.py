@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.common import measure, show, table
+from benchmarks.common import measure_turns, show, table
 
 SIZES = [(4032, 3024), (3024, 4032), (1920, 1080), (1280, 720), (1080, 1350), (800, 600), (640, 480),
          (500, 375), (448, 448), (1200, 300), (300, 1200), (2048, 1536)]
@@ -58,8 +58,8 @@ def run(repeats: int) -> str:
     exact = all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b, strict=True))
     diff = max(float((x - y).abs().max()) if x.shape == y.shape else float("inf") for x, y in zip(a, b, strict=True))
     tiles = sum(x.shape[0] for x in a)
-    ta = measure(mine, repeats)
-    tb = measure(their, repeats)
+    found = measure_turns({"nativevl": mine, "transformers": their}, repeats)
+    ta, tb = found["nativevl"], found["transformers"]
     rows = [["nativevl", show(ta.rate(len(images))), show(ta.rate(tiles)), f"{tb.median / ta.median:.2f}x"],
             ["transformers GotOcr2ImageProcessorPil", show(tb.rate(len(images))), show(tb.rate(tiles)), "1.00x"]]
     head = (f"{len(images)} images ({', '.join(f'{w}x{h}' for w, h in SIZES)}), {tiles} tiles in all; "

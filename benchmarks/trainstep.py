@@ -70,22 +70,26 @@ def run(preset: str, seq: int, tiles: int, repeats: int, bf16_flops: float, devi
     # 3 x the forward's matrix work (forward, and backward for inputs and weights), over the full row
     flops = 3 * prefill_flops(ours, tiles, seq) + 3 * 2 * seq * ours.config.text.vocab_size * \
         ours.config.text.hidden_size
-    results = {}
     theirs = transformers_twin(ours, torch.float32, device).train()
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    results["nativevl (packed row, cu_seqlens)"] = (*step_time(lambda: ours(**x).loss, list(ours.parameters()),
-                                                               repeats, device), peak_memory(device))
-    del ours
-    free()
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    try:
-        results["transformers (one causal row)"] = (*step_time(
-            lambda: theirs(input_ids=x["input_ids"], pixel_values=x["pixel_values"], labels=x["labels"]).loss,
-            list(theirs.parameters()), repeats, device), peak_memory(device))
-    except torch.OutOfMemoryError:
-        results["transformers (one causal row)"] = None
+    engines = {
+        # the trainer's way: the loss from the final hidden states in chunks of `loss_chunk` positions, each
+        # chunk's logits recomputed in the backward pass (train/config.py's default)
+        "nativevl (packed row, loss in chunks of 4096)": (lambda: ours(**x, loss_chunk=4096).loss, ours),
+        "nativevl (packed row, whole logits)": (lambda: ours(**x).loss, ours),
+        "transformers (one causal row)": (lambda: theirs(input_ids=x["input_ids"], pixel_values=x["pixel_values"],
+                                                         labels=x["labels"]).loss, theirs),
+    }
+    results: dict[str, tuple | None] = {}
+    for name, (forward, model) in engines.items():
+        free()
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            results[name] = (*step_time(forward, list(model.parameters()), repeats, device), peak_memory(device))
+        except torch.OutOfMemoryError:
+            results[name] = None
+        for p in model.parameters():
+            p.grad = None
     rows = []
     base = results["transformers (one causal row)"]
     for name, r in results.items():

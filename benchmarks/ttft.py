@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import fmt, free, measure_pair, show, table, text_ids, transformers_twin
+from benchmarks.common import fmt, free, measure_turns, show, table, text_ids, transformers_twin
 
 TEXT = 40  # text tokens around the image (system prompt, question, template)
 
@@ -45,19 +45,23 @@ def prefill_flops(model, tiles: int, length: int) -> float:  # noqa: ANN001
     return tiles * (vit + projector) + llm + head
 
 
-def run(model, dtype: torch.dtype, tile_counts: list[int], repeats: int, flops: float, device: str) -> str:  # noqa: ANN001
-    """`model` is cast in place to `dtype`; `flops` is the measured matmul FLOP/s in that dtype."""
+def run(model, dtype: torch.dtype, tile_counts: list[int], repeats: int, flops: dict[torch.dtype, float],  # noqa: ANN001
+        device: str) -> str:
+    """`model` is cast in place to `dtype`; `flops` holds the measured matmul FLOP/s per dtype. The ceiling of
+    `--prepack` is float32's: on a CPU without native bf16 products it multiplies bf16 layers in float32."""
+    from benchmarks.decode import prepacked_forwards, with_packs
     from nativevl.infer.generate import generate
 
     ours = model.to(dtype)
     theirs = transformers_twin(ours, dtype, device)
+    packs = prepacked_forwards(ours) if device == "cpu" else {}
     rows, notes = [], []
     for i, tiles in enumerate(tile_counts):
         ids, pixels = prompt(ours, tiles, device)
         pixels = pixels.to(dtype)
         mask = torch.ones_like(ids)
 
-        def mine() -> torch.Tensor:
+        def mine(_: int = 1) -> torch.Tensor:
             return generate(ours, ids, pixel_values=pixels, max_new_tokens=1)
 
         @torch.inference_mode()
@@ -66,16 +70,21 @@ def run(model, dtype: torch.dtype, tile_counts: list[int], repeats: int, flops: 
                                   do_sample=False, pad_token_id=0)
             return out[:, ids.shape[1]:]
 
-        warmup = 1 if i == 0 else 0  # the first case warms both engines up; later ones are long enough alone
-        a, b = measure_pair(mine, their, repeats, warmup=warmup, device=device)
+        engines = {"nativevl": mine, "transformers": their}
+        if packs:
+            engines["nativevl --prepack"] = lambda: with_packs(mine, packs)(1)
+        warmup = 1 if i == 0 else 0  # the first case warms the engines up; later ones are long enough alone
+        found = measure_turns(engines, repeats, warmup=warmup, device=device)
         if i == 0 and not torch.equal(mine(), their()):  # checked on the cheapest case only
             notes.append(f"{tiles} tile(s): the first tokens differ")
-        ceiling = prefill_flops(ours, tiles, ids.shape[1]) / flops
-        rows.append([str(dtype).removeprefix("torch."), str(tiles), str(ids.shape[1]), show(a, 1e3),
-                     show(b, 1e3), f"{b.median / a.median:.2f}x", fmt(ceiling * 1e3), f"{ceiling / a.median:.0%}"])
+        work = prefill_flops(ours, tiles, ids.shape[1])
+        for engine, t in found.items():
+            ceiling = work / flops[torch.float32 if engine.endswith("--prepack") else dtype]
+            rows.append([str(dtype).removeprefix("torch."), str(tiles), str(ids.shape[1]), engine, show(t, 1e3),
+                         f"{found['transformers'].median / t.median:.2f}x", fmt(ceiling * 1e3),
+                         f"{ceiling / t.median:.0%}"])
         free()
     del theirs
     free()
-    header = ["dtype", "tiles", "prompt tokens", "nativevl ms", "transformers ms", "speed-up",
-              "FLOP ceiling ms", "of ceiling"]
+    header = ["dtype", "tiles", "prompt tokens", "engine", "ms", "vs transformers", "FLOP ceiling ms", "of ceiling"]
     return table(header, rows) + "".join(f"\n\n{n}" for n in notes)
