@@ -115,15 +115,9 @@ def test_batched_greedy_on_each_device_equals_transformers_on_cpu(pair, tmp_path
     assert new.cpu().tolist() == ref.tolist()
 
 
-def test_compiled_decoder_generates_what_transformers_does(pair):
-    """`--compile` (the language model under torch.compile with dynamic shapes): greedy tokens for a
-    left-padded batch with images, then for one unpadded row, equal transformers'."""
-    import copy
-
-    hf, ours = pair
-    model = copy.deepcopy(ours)
-    model.language_model.compile(dynamic=True)
-    torch._dynamo.utils.counters.clear()
+def check_padded_batch_then_one_row(hf, model, times: int = 1) -> None:
+    """Greedy tokens for a left-padded batch of two prompts with images, then for one unpadded row, equal
+    transformers'."""
     a, b = prompt([2], seed=3), prompt([1], seed=4)
     ids = torch.zeros(2, a.shape[1], dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -134,8 +128,21 @@ def test_compiled_decoder_generates_what_transformers_does(pair):
         ref = hf.generate(input_ids=ids, pixel_values=pv, attention_mask=mask, max_new_tokens=8,
                           do_sample=False)[:, ids.shape[1]:]
         ref_b = hf.generate(input_ids=b, pixel_values=pixels(1), max_new_tokens=12, do_sample=False)[:, b.shape[1]:]
-    assert generate(model, ids, pixel_values=pv, attention_mask=mask, max_new_tokens=8).tolist() == ref.tolist()
-    assert generate(model, b, pixel_values=pixels(1), max_new_tokens=12).tolist() == ref_b.tolist()
+    for _ in range(times):
+        assert generate(model, ids, pixel_values=pv, attention_mask=mask, max_new_tokens=8).tolist() == ref.tolist()
+        assert generate(model, b, pixel_values=pixels(1), max_new_tokens=12).tolist() == ref_b.tolist()
+
+
+def test_compiled_decoder_generates_what_transformers_does(pair):
+    """`--compile` (the language model under torch.compile with dynamic shapes): greedy tokens for a
+    left-padded batch with images, then for one unpadded row, equal transformers'."""
+    import copy
+
+    hf, ours = pair
+    model = copy.deepcopy(ours)
+    model.language_model.compile(dynamic=True)
+    torch._dynamo.utils.counters.clear()
+    check_padded_batch_then_one_row(hf, model)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
 
 
@@ -152,19 +159,7 @@ def test_static_cache_decoder_generates_what_transformers_does(pair, tmp_path):
     hf, ours = pair
     model = copy.deepcopy(ours)
     model.graph_decoder = GraphDecoder(model, bucket=64, compiled=False)
-    a, b = prompt([2], seed=3), prompt([1], seed=4)
-    ids = torch.zeros(2, a.shape[1], dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    ids[0], mask[0] = a[0], 1
-    ids[1, -b.shape[1]:], mask[1, -b.shape[1]:] = b[0], 1
-    pv = pixels(3)
-    with torch.no_grad():
-        ref = hf.generate(input_ids=ids, pixel_values=pv, attention_mask=mask, max_new_tokens=8,
-                          do_sample=False)[:, ids.shape[1]:]
-        ref_b = hf.generate(input_ids=b, pixel_values=pixels(1), max_new_tokens=12, do_sample=False)[:, b.shape[1]:]
-    for _ in range(2):  # the second time through the same cache sizes: reset, not rebuilt
-        assert generate(model, ids, pixel_values=pv, attention_mask=mask, max_new_tokens=8).tolist() == ref.tolist()
-        assert generate(model, b, pixel_values=pixels(1), max_new_tokens=12).tolist() == ref_b.tolist()
+    check_padded_batch_then_one_row(hf, model, times=2)  # the second time: the same caches reset, not rebuilt
     assert len(model.graph_decoder.graphs) == 2  # (2 rows, 576 slots) and (1 row, 320 slots)
 
     # Dynamic NTK: the prompt ends at position 13 and the limit is 20, so the frequencies change mid-decoding.
