@@ -18,7 +18,9 @@ from nativevl.data.world import file_digest, generate_world, render_scene
 from nativevl.tokenizer import load_tokenizer
 
 SCALE = 0.05
-STAGES = ("pretrain", "sft", "mpo", "eval")
+STAGES = world.STAGES
+TRAINING = ("pretrain", "sft", "mpo", "long")
+HELD_OUT = ("eval", "long_eval", "text_eval")
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>",
            "<ref>", "</ref>", "<box>", "</box>", "<video>"]
 # The test's own names for the 3x3 grid, to check the generator's place names against pixel coordinates.
@@ -111,10 +113,11 @@ def test_meta_files_follow_internvl(out, data):
             assert set(entry) <= {"root", "annotation", "data_augment", "repeat_time", "length", "max_dynamic_patch"}
             assert entry["annotation"].endswith(".jsonl") and (out / entry["annotation"]).is_file()
             # object pictures (cheap, one tile) repeat 3 times in training; everything else once
-            expected_repeat = 3 if name.startswith("objects") and stage != "eval" else 1
+            expected_repeat = 3 if name.startswith("objects") and stage in TRAINING else 1
             assert (out / entry["root"]).is_dir() and entry["repeat_time"] == expected_repeat, name
             has_images = any("image" in r for r in recs)
-            assert entry["data_augment"] is (has_images and stage != "eval"), name
+            # JPEG augmentation for the demo's training stages (the ablations' long contexts go without)
+            assert entry["data_augment"] is (has_images and stage in ("pretrain", "sft", "mpo")), name
             if has_images:
                 assert 1 <= entry["max_dynamic_patch"] <= 6
             else:
@@ -144,7 +147,7 @@ def test_every_record_parses_and_every_image_opens(out, data):
 
 def test_conversations_and_image_placeholders(data):
     kinds = {"text": 0, "one": 0, "several": 0, "system": 0, "multi_turn": 0}
-    for name, _, r in records(data, "pretrain", "sft", "eval"):
+    for name, _, r in records(data, "pretrain", "sft", "eval", "long", "long_eval", "text_eval"):
         conv = r["conversations"]
         assert isinstance(r["id"], str)
         if conv[0]["from"] == "system":
@@ -224,6 +227,8 @@ def expected_answer(qa: dict, scenes: list[dict]) -> str | None:
     shapes = scene.get("shapes", [])
     at = {place_of(s, scene): s for s in shapes}
     if task == "object_colour":
+        return shapes[0]["colour"]
+    if task == "long_colour":  # the first picture's object
         return shapes[0]["colour"]
     if task == "object_shape":
         return shapes[0]["shape"]
@@ -386,14 +391,14 @@ def question_of(r: dict) -> str:
 
 def test_val_and_test_are_held_out(out, data):
     train_paths, train_pairs = set(), set()
-    for _, _, r in records(data, "pretrain", "sft", "mpo"):
+    for _, _, r in records(data, *TRAINING):
         paths = image_list(r)
         assert all(p.startswith("train/") for p in paths)
         train_paths |= set(paths)
         train_pairs.add((tuple(paths), question_of(r)))
     train_bytes = {digest(out / "images" / p) for p in train_paths}
     held: dict[str, set[str]] = {"val": set(), "test": set()}
-    for dataset, _, r in records(data, "eval"):
+    for dataset, _, r in records(data, "eval", "long_eval"):
         split = dataset.rsplit("_", 1)[1]
         paths = image_list(r)
         assert paths and all(p.startswith(f"{split}/") for p in paths), dataset
@@ -402,6 +407,41 @@ def test_val_and_test_are_held_out(out, data):
         assert not {digest(out / "images" / p) for p in paths} & train_bytes
         held[split] |= set(paths)
     assert held["val"] and held["test"] and not held["val"] & held["test"]
+
+
+def test_long_context_questions_ask_for_the_first_picture_s_colour(out, data):
+    """Each long-context answer is the colour of the first picture's object, judged from its pixels (the object's
+    centre); training questions show 2-8 pictures, held-out ones 8, 16 and 32."""
+    seen: dict[str, set[int]] = {}
+    for stage in ("long", "long_eval"):
+        for name, entry, r in records(data, stage):
+            if "image" not in r:
+                continue
+            qa = r["meta"]["qa"][0]
+            pictures = image_list(r)
+            assert r["conversations"][0]["value"].count("<image>") == len(pictures) == qa["pictures"]
+            assert "first picture" in r["conversations"][0]["value"]
+            centre = r["meta"]["scenes"][0]["shapes"][0]
+            with Image.open(out / entry["root"] / pictures[0]) as im:
+                rgb = im.convert("RGB").getpixel((centre["x"], centre["y"]))
+            colour = next(c for c, v in world.COLOURS.items() if v == rgb)
+            assert qa["answer"] == colour, (r["id"], colour, qa)
+            if stage == "long_eval":
+                assert r["answer"] == colour and r["conversations"][1]["value"] == colour
+                seen.setdefault(name.split("_")[1], set()).add(len(pictures))
+            else:
+                assert 2 <= len(pictures) <= 8
+                assert r["conversations"][1]["value"] in (colour, f"The object in the first picture is {colour}.")
+    assert seen == {"1x": {8}, "2x": {16}, "4x": {32}}
+
+
+def test_text_for_perplexity_and_long_text_are_text_only(data):
+    held = [r for _, _, r in records(data, "text_eval")]
+    long = [r for name, _, r in records(data, "long") if name == "text_long"]
+    assert held and long and not any("image" in r for r in held + long)
+    assert min(len(r["conversations"]) for r in long) >= 16  # 8 turns or more
+    train_text = {json.dumps(r["conversations"]) for _, _, r in records(data, "pretrain", "sft")}
+    assert not any(json.dumps(r["conversations"]) in train_text for r in held if len(r["conversations"]) > 2)
 
 
 def test_pretrain_mixes_text_and_images_about_one_to_three(data):

@@ -11,7 +11,12 @@ Call `generate_world(out, seed=0, scale=1.0)`. It writes, under `out`:
   (`id`, `image` / `width` / `height` or `image` list / `width_list` / `height_list`, `conversations`), MMPR's
   preference format (`image`, `question`, `chosen`, `rejected`, `answer_gt`) for MPO, and the chat format plus a
   short gold `answer` for the held-out `val` / `test` splits.
-- `meta_pretrain.json`, `meta_sft.json`, `meta_mpo.json`, `meta_eval.json`: InternVL meta files
+- for the ablations (`nativevl ablate`): `annotations/long/` (questions over 2-8 object pictures, "what colour is
+  the object in the first picture?", and text conversations of 8-16 turns, both at the training context length),
+  `annotations/long_eval/` (the same question over 8, 16 and 32 held-out pictures: prompts about 1x, 2x and 4x as
+  long) and `annotations/text_eval/` (held-out text conversations, for perplexity).
+- `meta_pretrain.json`, `meta_sft.json`, `meta_mpo.json`, `meta_eval.json`, `meta_long.json`,
+  `meta_long_eval.json`, `meta_text_eval.json`: InternVL meta files
   `{name: {root, annotation, data_augment, repeat_time, length, max_dynamic_patch}}`. `root` and `annotation` are
   relative to the meta file's folder (`out`), so the world can be moved and two worlds compare byte for byte; an
   image's full path is `<meta folder>/<root>/<record image>`.
@@ -778,6 +783,67 @@ def text_conversation(rng: random.Random) -> list[tuple[str, str]]:
     return turns
 
 
+# ---------------------------------------------------------------------------------------------- long contexts
+
+# The V2PE ablation's task: many one-tile object pictures, one question about one of them. Training questions show
+# 2-8 pictures (the training context length); held-out ones 8, 16 and 32 (prompts about 1x, 2x and 4x as long).
+# The question asks for the colour of the first picture's object, so the answer must reach back across the whole
+# prompt, further the more pictures follow. (Measured with the toy model: a lookup by tag, "which of these
+# pictures shows a blue object?", stayed at chance after 800 steps, a binding it does not learn in its budget;
+# "what colour are most of the objects?" was learnt, but needs no position at all.)
+LONG_TRAIN_PICTURES = (2, 8)
+LONG_EVAL_PICTURES = {"1x": 8, "2x": 16, "4x": 32}
+LONG_TRAIN_QUESTIONS = 2400  # at scale 1.0
+LONG_EVAL_QUESTIONS = 30  # per split and length, at scale 1.0
+HELDOUT_TEXT = 100  # held-out text conversations per split (text perplexity), at scale 1.0
+
+
+def long_question(objects: list[Img], n: int, rng: random.Random) -> tuple[list[Img], QA]:
+    """'What colour is the object in the first picture?' over `n` distinct object pictures (a small world, in
+    the tests, may hold fewer: then some repeat)."""
+    group = rng.sample(objects, n) if len(objects) >= n else rng.choices(objects, k=n)
+    s = group[0].scene["shapes"][0]
+    question = rng.choice(("What colour is the object in the first picture?",
+                           "What colour is the first picture's object?"))
+    return group, QA("long_colour", question, s["colour"], f"The object in the first picture is {s['colour']}.",
+                     {"pictures": n})
+
+
+def text_long(rng: random.Random, turns: int) -> list[tuple[str, str]]:
+    """A text conversation of `turns` or more turns, so that text alone reaches the training context length."""
+    out: list[tuple[str, str]] = []
+    while len(out) < turns:
+        out += text_conversation(rng)
+    return out
+
+
+def long_sets(images: dict[str, list[Img]], rng: random.Random, scale: float) -> dict[str, list[Record]]:
+    """Training data at the training context length: long-context questions and long text conversations."""
+    sets: dict[str, list[Record]] = {"long_context": [], "text_long": []}
+    low, high = LONG_TRAIN_PICTURES
+    for i in range(max(4, round(LONG_TRAIN_QUESTIONS * scale))):
+        group, qa = long_question(images["objects"], rng.randint(low, high), rng)
+        short = rng.random() < 0.5
+        turn = (with_prompt(qa.question, SHORT_PROMPT), qa.answer) if short else (qa.question, qa.sentence)
+        sets["long_context"].append(image_record(f"long_context-{i:06d}", group, [turn], [qa.meta()]))
+    n_text = max(4, round(LONG_TRAIN_QUESTIONS * scale / 4))
+    sets["text_long"] = [text_record(f"text_long-{i:06d}", text_long(rng, rng.randint(8, 16))) for i in range(n_text)]
+    return sets
+
+
+def long_eval_sets(split: str, images: dict[str, list[Img]], rng: random.Random,
+                   scale: float) -> dict[str, list[Record]]:
+    sets: dict[str, list[Record]] = {}
+    for length, n in LONG_EVAL_PICTURES.items():
+        name = f"long_{length}_{split}"
+        sets[name] = []
+        for i in range(max(2, round(LONG_EVAL_QUESTIONS * scale))):
+            group, qa = long_question(images["objects"], n, rng)
+            sets[name].append(image_record(f"{name}-{i:06d}", group, [(with_prompt(qa.question, SHORT_PROMPT),
+                                           qa.answer)], [{**qa.meta(), "cot": False}], answer=qa.answer))
+    return sets
+
+
 # ---------------------------------------------------------------------------------------------- records
 
 
@@ -824,6 +890,11 @@ class Datasets:
     sft: dict[str, list[Record]]
     mpo: dict[str, list[Record]]
     eval: dict[str, list[Record]]
+    # for the ablations (`nativevl ablate`), outside the tokenizer's corpus so that adding them left the
+    # tokenizer, and so every other record's token ids, as they were
+    long: dict[str, list[Record]]  # long-context questions and long text at the training context length
+    long_eval: dict[str, list[Record]]  # long-context questions at 1x, 2x and 4x that length
+    text_eval: dict[str, list[Record]]  # held-out text conversations (text perplexity)
 
 
 def stream(seed: int, *names: str) -> random.Random:
@@ -986,14 +1057,21 @@ def eval_sets(split: str, images: dict[str, list[Img]], rng: random.Random) -> d
     return sets
 
 
-def build_datasets(images: dict[str, dict[str, list[Img]]], seed: int) -> Datasets:
+def build_datasets(images: dict[str, dict[str, list[Img]]], seed: int, scale: float = 1.0) -> Datasets:
     pretrain = pretrain_sets(images["train"], stream(seed, "pretrain"))
     sft = sft_sets(images["train"], stream(seed, "sft"), n_text=len(images["train"]["shapes"]) // 2)
     mpo = mpo_sets(images["train"], stream(seed, "mpo"))
     evals: dict[str, list[Record]] = {}
+    long_evals: dict[str, list[Record]] = {}
+    texts: dict[str, list[Record]] = {}
     for split in SPLITS[1:]:
         evals |= eval_sets(split, images[split], stream(seed, "eval", split))
-    return Datasets(pretrain, sft, mpo, evals)
+        long_evals |= long_eval_sets(split, images[split], stream(seed, "long_eval", split), scale)
+        rng = stream(seed, "text_eval", split)
+        texts[f"text_{split}"] = [text_record(f"text_{split}-{i:06d}", text_conversation(rng))
+                                  for i in range(max(4, round(HELDOUT_TEXT * scale)))]
+    long = long_sets(images["train"], stream(seed, "long"), scale)
+    return Datasets(pretrain, sft, mpo, evals, long, long_evals, texts)
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -1006,7 +1084,8 @@ def dumps(obj: Any) -> str:
 
 def max_patch(name: str) -> int:
     """The `max_dynamic_patch` of a dataset, by the kind of image its name says it holds."""
-    for prefix, kind in (("multi", "multi"), ("ocr", "ocr"), ("chart", "charts"), ("objects", "objects")):
+    for prefix, kind in (("multi", "multi"), ("ocr", "ocr"), ("chart", "charts"), ("objects", "objects"),
+                         ("long", "objects")):
         if name.startswith(prefix):
             return MAX_PATCH[kind]
     return MAX_PATCH["shapes"]
@@ -1044,7 +1123,7 @@ def tokenizer_corpus(data: Datasets) -> Iterator[str]:
     """All the world's text, plus the chat template's frame and the InternVL system prompt repeated often
     enough for BPE to merge it into a few tokens (it opens every prompt the model will see)."""
     n = 0
-    for stage in (data.pretrain, data.sft, data.mpo, data.eval):
+    for stage in (data.pretrain, data.sft, data.mpo, data.eval):  # not the ablations' sets (see Datasets)
         for records in stage.values():
             for record in records:
                 n += 1
@@ -1096,7 +1175,8 @@ def write_readme(out: Path, seed: int, scale: float, counts: dict[str, dict[str,
         "",
         f"- `images/{{train,val,test}}/{{shapes,ocr,charts}}/`: {n_images} PNG images "
         + "(shapes scenes, rendered words and numbers, bar charts).",
-        "- `meta_{pretrain,sft,mpo,eval}.json`: InternVL meta files. `root` and `annotation` are relative to "
+        "- `meta_{pretrain,sft,mpo,eval,long,long_eval,text_eval}.json`: InternVL meta files (the last three for "
+        + "`nativevl ablate`). `root` and `annotation` are relative to "
         + "this folder; an image is `<this folder>/<root>/<record image>`.",
         "- `annotations/<stage>/<dataset>.jsonl`: InternVL chat records (`conversations` with `<image>` "
         + "placeholders), MMPR preference records (`question`, `chosen`, `rejected`, `answer_gt`) and "
@@ -1111,6 +1191,7 @@ def write_readme(out: Path, seed: int, scale: float, counts: dict[str, dict[str,
 
 
 MARKER = ".nativevl-world"  # written last; only folders holding it are ever cleared
+STAGES = ("pretrain", "sft", "mpo", "eval", "long", "long_eval", "text_eval")  # one meta_<stage>.json each
 
 
 def clear(out: Path) -> None:
@@ -1122,7 +1203,7 @@ def clear(out: Path) -> None:
     for name in ("images", "annotations", "tokenizer"):
         if (out / name).is_dir():
             shutil.rmtree(out / name)
-    for stage in ("pretrain", "sft", "mpo", "eval"):
+    for stage in STAGES:
         (out / f"meta_{stage}.json").unlink(missing_ok=True)
     (out / "README.md").unlink(missing_ok=True)
 
@@ -1144,10 +1225,11 @@ def generate_world(out: str | Path, seed: int = 0, scale: float = 1.0) -> dict[s
     out.mkdir(parents=True, exist_ok=True)
     clear(out)
     images = make_images(out, seed, scale)
-    data = build_datasets(images, seed)
+    data = build_datasets(images, seed, scale)
     counts: dict[str, dict[str, int]] = {}
-    for stage, sets in (("pretrain", data.pretrain), ("sft", data.sft), ("mpo", data.mpo), ("eval", data.eval)):
-        write_stage(out, stage, sets, augment=stage != "eval")
+    for stage, sets in (("pretrain", data.pretrain), ("sft", data.sft), ("mpo", data.mpo), ("eval", data.eval),
+                        ("long", data.long), ("long_eval", data.long_eval), ("text_eval", data.text_eval)):
+        write_stage(out, stage, sets, augment=stage in ("pretrain", "sft", "mpo"))
         counts[stage] = {name: len(records) for name, records in sets.items()}
     vocab = write_tokenizer(out, data)
     per_split = {split: sum(len(v) for v in images[split].values()) for split in SPLITS}

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from nativevl.data.dataset import read_lines, read_meta
+from nativevl.data.dataset import DatasetSpec, read_lines, read_meta
 from nativevl.eval.answer import load_tiles, replies
 from nativevl.infer.prm import (
     ProcessRewardModel,
@@ -38,6 +38,7 @@ GROUPS = {
     "chart": ("chart_value", "chart_lowest", "chart_highest", "chart_title", "chart_bars"),
     "multi-image": ("multi_same", "multi_shared", "multi_more", "multi_total"),
     "reasoning": ("reasoning",),
+    "long-context": ("long_colour",),  # the first of many pictures' colour (the V2PE ablation)
 }
 
 
@@ -67,16 +68,18 @@ def majority_answers(meta_sft: str | Path) -> dict[str, str]:
 
 
 @torch.inference_mode()
-def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path, meta_sft: str | Path,
+def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path | list[DatasetSpec], meta_sft: str | Path,
                    splits: tuple[str, ...] = ("val", "test"), limit: int | None = None,
                    groups: tuple[str, ...] | None = None, prm: ProcessRewardModel | None = None, best_of: int = 1,
                    tokenizer: InternVLTokenizer | None = None, progress: bool = False, seed: int = 0,
-                   rows: list[dict[str, Any]] | None = None, batch_size: int = 16) -> dict[str, dict[str, float]]:
-    """{group: {"n", "accuracy", "baseline"}} over the held-out records of `splits` (only `groups` if given).
-    Greedy, or Best-of-`best_of` with `prm`, which adds a `GROUP vote@N` row: the majority final answer of the
-    same samples; greedy replies are decoded `batch_size` at a time. `model` is a checkpoint folder or a loaded
-    model with its `tokenizer`. Given a `rows` list, one dict per reply is appended to it (id, row of the table,
-    reply, gold answer, correct)."""
+                   rows: list[dict[str, Any]] | None = None, batch_size: int = 16,
+                   v2pe_delta: float | None = None) -> dict[str, dict[str, float]]:
+    """{group: {"n", "accuracy", "baseline"}} over the held-out records of `splits` (only `groups` if given) of
+    `meta_eval` (a meta file, or some of its datasets). Greedy, or Best-of-`best_of` with `prm`, which adds a
+    `GROUP vote@N` row: the majority final answer of the same samples; greedy replies are decoded `batch_size` at
+    a time, with V2PE positions when `v2pe_delta` is given. `model` is a checkpoint folder or a loaded model with
+    its `tokenizer`. Given a `rows` list, one dict per reply is appended to it (id, row of the table, reply, gold
+    answer, correct; with Best-of-N also every candidate: response, PRM score, sampling order, correct)."""
     if not isinstance(model, InternVL):
         tokenizer = load_tokenizer(model)
         model = InternVL.from_pretrained(model).eval()
@@ -84,7 +87,8 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path, meta_sft
         raise ValueError("a loaded model needs its tokenizer")
     baseline = majority_answers(meta_sft)
     hits: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
-    records = [(spec, json.loads(line)) for spec in read_meta(meta_eval)
+    specs = read_meta(meta_eval) if isinstance(meta_eval, (str, Path)) else meta_eval
+    records = [(spec, json.loads(line)) for spec in specs
                if spec.name.endswith(tuple(f"_{s}" for s in splits)) for _, line in read_lines(spec)[:limit]]
     records = [(spec, r) for spec, r in records if groups is None or group_of(task_of(r)) in groups]
     if best_of > 1 and prm is None:
@@ -99,30 +103,42 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path, meta_sft
 
     lengths = [128 if task_of(r) == "reasoning" else 24 for _, r in records]  # the longest solution: < 100 tokens
     texts: list[dict[str, str]] = [{} for _ in records]
+    found_by: dict[int, list[Any]] = {}  # record -> its Best-of-N candidates
     for length in sorted(set(lengths)):  # one decoding length per batch
         picked = [i for i, n in enumerate(lengths) if n == length]
         if best_of > 1:  # one set of samples serves Best-of-N and its baseline, the majority vote
             per_batch = max(1, batch_size // best_of)
             for start in tqdm(range(0, len(picked), per_batch), disable=not progress, desc="world eval"):
                 chunk = picked[start:start + per_batch]
+                if v2pe_delta is not None:
+                    raise ValueError("Best-of-N samples with integer positions; v2pe_delta is for greedy replies")
                 found = best_of_n_batch(model, tokenizer, [(q, pixels, n) for pixels, q, n in map(item, chunk)], prm,
                                         best_of, max_new_tokens=length, seed=seed + start)
                 for i, candidates in zip(chunk, found, strict=True):
+                    found_by[i] = candidates
                     texts[i] = {"": candidates[0].response, f" vote@{best_of}":
                                 majority_vote([c.response for c in sorted(candidates, key=lambda c: c.index)])}
         else:
             answers = replies(model, tokenizer, map(item, picked), max_new_tokens=length, total=len(picked),
-                              batch_size=batch_size, progress="world eval" if progress else None)
+                              batch_size=batch_size, progress="world eval" if progress else None,
+                              v2pe_delta=v2pe_delta)
             for i, text in zip(picked, answers, strict=True):
                 texts[i] = {"": text}
-    for (_, record), replied in zip(records, texts, strict=True):
+    for i, ((_, record), replied) in enumerate(zip(records, texts, strict=True)):
         task, gold = task_of(record), normalize(str(record["answer"]))
+
+        def right(text: str) -> bool:
+            return (final_answer(text) if task == "reasoning" else normalize(text)) == gold  # noqa: B023
+
         for suffix, text in replied.items():
-            guess = final_answer(text) if task == "reasoning" else normalize(text)
-            hits[group_of(task) + suffix].append((guess == gold, baseline.get(task) == gold))
+            hits[group_of(task) + suffix].append((right(text), baseline.get(task) == gold))
             if rows is not None:
-                rows.append({"id": record.get("id"), "group": group_of(task) + suffix, "reply": text,
-                             "answer": record["answer"], "correct": guess == gold})
+                row = {"id": record.get("id"), "group": group_of(task) + suffix, "reply": text,
+                       "answer": record["answer"], "correct": right(text)}
+                if i in found_by and not suffix:
+                    row["candidates"] = [{"response": c.response, "score": c.score, "index": c.index,
+                                          "correct": right(c.response)} for c in found_by[i]]
+                rows.append(row)
     return {g: {"n": len(v), "accuracy": sum(a for a, _ in v) / len(v), "baseline": sum(b for _, b in v) / len(v)}
             for g, v in sorted(hits.items(), key=lambda kv: _order(kv[0]))}
 
