@@ -57,10 +57,11 @@ Item = tuple["torch.Tensor | None", str, list[int]]  # (tiles of every image, pr
 
 def replies(model: Any, tokenizer: Any, items: Iterable[Item], max_new_tokens: int = 10, min_new_tokens: int = 0,
             prm: ProcessRewardModel | None = None, best_of: int = 1, seed: int = 0, batch_size: int = 16,
-            total: int | None = None, progress: str | None = None) -> list[str]:
+            total: int | None = None, progress: str | None = None, v2pe_delta: float | None = None) -> list[str]:
     """One reply per item: greedy, `batch_size` questions decoded together (left-padded, as the original
     `batch_chat`; a small model's decode step costs about the same for 1 row as for 16), or the PRM's best of
     `best_of` samples (temperature 0.7, top-p 0.95, seeded), `batch_size // best_of` questions' samples together.
+    Greedy replies use V2PE positions with `v2pe_delta` when it is given (the model's training δ).
     Items are drawn one batch at a time, so a generator keeps only that batch's tiles in memory."""
     import torch
     from tqdm import tqdm
@@ -82,7 +83,7 @@ def replies(model: Any, tokenizer: Any, items: Iterable[Item], max_new_tokens: i
                 tiles = [pixels for pixels, _, _ in chunk if pixels is not None]
                 out += batch_chat(model, tokenizer, torch.cat(tiles) if tiles else None, [q for _, q, _ in chunk],
                                   {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens},
-                                  num_patches_list=[list(patches) for _, _, patches in chunk])
+                                  num_patches_list=[list(patches) for _, _, patches in chunk], v2pe_delta=v2pe_delta)
             bar.update(len(chunk))
     return out
 

@@ -213,15 +213,12 @@ def batch_chat(
         raise ValueError(f"{len(questions)} questions but num_patches_list has {len(num_patches_list)} entries")
     if prefixes is not None and len(prefixes) != len(questions):
         raise ValueError(f"{len(questions)} questions but {len(prefixes)} prefixes")
-    queries = []
+    rows = []
     for k, (question, patches) in enumerate(zip(questions, num_patches_list, strict=True)):
         counts = list(patches) if isinstance(patches, (list, tuple)) else [patches] if patches else []
-        if pixel_values is not None and counts and IMAGE_PLACEHOLDER not in question:
-            question = IMAGE_PLACEHOLDER + "\n" + question  # as `chat`: several images need their own
-        prompt = chat_prompt(question, None, model.config.system_message, model.config.template)
-        prompt += prefixes[k] if prefixes else ""
-        queries.append(expand_images(prompt, counts, model.num_image_token))
-    ids, mask = left_pad([tokenizer.prompt_ids(q) for q in queries], tokenizer.pad_token_id)
+        rows.append(question_ids(model, tokenizer, question, counts if pixel_values is not None else [],
+                                 prefixes[k] if prefixes else ""))
+    ids, mask = left_pad(rows, tokenizer.pad_token_id)
     device = _device(model)
     ids, mask = ids.to(device), mask.to(device)
     pixel_values = pixel_values.to(device) if pixel_values is not None else None
@@ -229,6 +226,17 @@ def batch_chat(
                    position_ids=_positions(model, ids, mask, v2pe_delta), config=cfg,
                    stop=_stop_check(tokenizer, cfg.stop_strings))
     return [_answer(tokenizer, row, cfg.stop_strings) for row in new.tolist()]
+
+
+def question_ids(model: InternVL, tokenizer: InternVLTokenizer, question: str, counts: list[int],
+                 prefix: str = "") -> list[int]:
+    """The prompt ids `batch_chat` decodes from for one question whose images have `counts` tiles each: the
+    template's prompt, `<image>` prepended when the question has none (as `chat`: several images need their
+    own), each image's token block, and `prefix` already written in the answer."""
+    if counts and IMAGE_PLACEHOLDER not in question:
+        question = IMAGE_PLACEHOLDER + "\n" + question
+    prompt = chat_prompt(question, None, model.config.system_message, model.config.template) + prefix
+    return tokenizer.prompt_ids(expand_images(prompt, counts, model.num_image_token))
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
