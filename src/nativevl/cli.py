@@ -1,5 +1,6 @@
 """The `nativevl` command. It only parses arguments; each command is a Python function you can call.
 
+  nativevl ablate (native-vs-posthoc | v2pe | mpo | best-of-n) [--seeds 3] [--work runs/ablate]
   nativevl chat MODEL [--image P]... [--video P] [--max-num N] [--dtype bfloat16] [PROMPT]
   nativevl chat MODEL --image P --best-of 8 --prm PRM_MODEL PROMPT
   nativevl convert SRC DST --layout transformers [--dtype bfloat16] [--max-shard-size 5GB]
@@ -196,6 +197,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), steps, align=not args.no_align, best_of=args.best_of)
 
 
+def cmd_ablate(args: argparse.Namespace) -> None:
+    import logging
+
+    from nativevl.ablate import run_ablation
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run_ablation(args.name, seeds=args.seeds, work=args.work, docs=args.docs, steps_scale=args.steps_scale,
+                 world_scale=args.world_scale, eval_limit=args.eval_limit, progress=not args.no_progress)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import logging
 
@@ -323,6 +334,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-align", action="store_true", help="stop after SFT (no MPO, PRM or Best-of-N)")
     p.add_argument("--best-of", type=int, default=8, help="samples per question for Best-of-N (default 8)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("ablate", help="measure one of the paper's claims at small scale on the embedded world",
+                       description="native-vs-posthoc, v2pe, mpo or best-of-n: trains its toy models per seed, "
+                       "prints a table (mean ± sd (min..max) over seeds) and writes DOCS/NAME.md, .png and .json. "
+                       "Finished stages in WORK are reused; a killed run resumes.")
+    p.add_argument("name", choices=["native-vs-posthoc", "v2pe", "mpo", "best-of-n"])
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0 … N-1 (default 3)")
+    p.add_argument("--work", default="runs/ablate", help="checkpoints and the world (default runs/ablate)")
+    p.add_argument("--docs", default="docs/ablations", help="where the report goes (default docs/ablations)")
+    p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps (a quick look)")
+    p.add_argument("--world-scale", type=float, default=1.0, help="the world's size (a quick look)")
+    p.add_argument("--eval-limit", type=int, help="held-out questions per dataset (default: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("serve", help="an OpenAI-compatible API (/v1/chat/completions) and a chat page at /",
                        description="Requests that arrive together are decoded together. Images come as data URLs; "

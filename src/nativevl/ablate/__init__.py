@@ -1,0 +1,35 @@
+"""`nativevl ablate NAME [--seeds 3]`: the InternVL3 paper's claims measured at small scale on the embedded world,
+on a CPU. Each ablation trains its own toy models per seed, prints a table (mean and spread over seeds) and
+writes `docs/ablations/NAME.md`, `.png` and `.json`.
+
+- `native-vs-posthoc`: native multimodal pre-training against the post-hoc recipe, at equal compute;
+- `v2pe`: visual position steps δ = 1, 1/4, 1/16 and random, on prompts 1x, 2x and 4x the training length;
+- `mpo`: SFT against SFT + MPO on step-by-step questions;
+- `best-of-n`: greedy against majority vote and Best-of-N with a trained process reward model, N = 1 … 16.
+
+Checkpoints live under `--work` (default `runs/ablate`); a stage that already ran with the same configuration
+is reused, and a killed run resumes where it stopped. Command: `nativevl ablate v2pe --seeds 3`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nativevl.ablate import bestofn, mpo, native, v2pe
+from nativevl.ablate.common import Context
+
+ABLATIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "native-vs-posthoc": native.run, "v2pe": v2pe.run, "mpo": mpo.run, "best-of-n": bestofn.run}
+
+
+def run_ablation(name: str, seeds: int = 3, work: str | Path = "runs/ablate", docs: str | Path = "docs/ablations",
+                 steps_scale: float = 1.0, world_scale: float = 1.0, eval_limit: int | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    if name not in ABLATIONS:
+        raise KeyError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    ctx = Context(name, list(range(seeds)), Path(work), Path(docs), steps_scale, world_scale, eval_limit, progress)
+    return ABLATIONS[name](ctx)
