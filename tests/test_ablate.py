@@ -152,6 +152,17 @@ def test_a_finished_stage_is_reused_and_a_changed_one_retrains(world, tmp_path):
     assert (out / "final" / "model.safetensors").stat().st_mtime_ns == stamp  # not trained again
     longer = stage(cfg(3), out, progress=False)
     assert len(longer) == 3 and [r["loss"] for r in longer[:2]] == [r["loss"] for r in first]  # same seed, same start
+    # a stage that starts from a checkpoint trains again when that checkpoint changed, though its config did not
+    follow = cfg(2)
+    follow.model.checkpoint, follow.model.overrides = str(out / "final"), {}
+    after = stage(follow, tmp_path / "next", progress=False)
+    stamp = (tmp_path / "next" / "final" / "model.safetensors").stat().st_mtime_ns
+    assert stage(follow, tmp_path / "next", progress=False) == after
+    assert (tmp_path / "next" / "final" / "model.safetensors").stat().st_mtime_ns == stamp
+    stage(cfg(4), out, progress=False)  # the start changes
+    again = stage(follow, tmp_path / "next", progress=False)
+    assert (tmp_path / "next" / "final" / "model.safetensors").stat().st_mtime_ns != stamp
+    assert [r["loss"] for r in again] != [r["loss"] for r in after]
 
 
 @pytest.mark.parametrize("name", ["native-vs-posthoc", "v2pe", "mpo", "best-of-n"])
@@ -167,6 +178,10 @@ def test_each_ablation_runs_end_to_end_and_writes_its_report(name, tmp_path, cap
     raw = json.loads((docs / f"{name}.json").read_text())
     assert raw["seeds"] == [0, 1] and raw["per_seed"] == json.loads(json.dumps(results["per_seed"], default=str))
     assert " ± " in printed  # the table, with the spread over the two seeds
+    # the page can be written again from its figures alone, without training: the same page
+    (docs / f"{name}.md").unlink()
+    run_ablation(name, seeds=2, work=work, docs=docs, report_only=True)
+    assert (docs / f"{name}.md").read_text() == md
     # the per-seed figures are accuracies, perplexities and curves, not placeholders
     if name == "native-vs-posthoc":
         for seed in results["per_seed"]:

@@ -204,7 +204,8 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     run_ablation(args.name, seeds=args.seeds, work=args.work, docs=args.docs, steps_scale=args.steps_scale,
-                 world_scale=args.world_scale, eval_limit=args.eval_limit, progress=not args.no_progress)
+                 world_scale=args.world_scale, eval_limit=args.eval_limit, progress=not args.no_progress,
+                 report_only=args.report_only)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -347,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-scale", type=float, default=1.0, help="the world's size (a quick look)")
     p.add_argument("--eval-limit", type=int, help="held-out questions per dataset (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite DOCS/NAME.md and .png from the last run's DOCS/NAME.json (no training)")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("serve", help="an OpenAI-compatible API (/v1/chat/completions) and a chat page at /",

@@ -13,6 +13,7 @@ is reused, and a killed run resumes where it stopped. Command: `nativevl ablate 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,16 +21,26 @@ from typing import Any
 from nativevl.ablate import bestofn, mpo, native, v2pe
 from nativevl.ablate.common import Context
 
-ABLATIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
-    "native-vs-posthoc": native.run, "v2pe": v2pe.run, "mpo": mpo.run, "best-of-n": bestofn.run}
+MODULES = {"native-vs-posthoc": native, "v2pe": v2pe, "mpo": mpo, "best-of-n": bestofn}
+ABLATIONS: dict[str, Callable[[Context], dict[str, Any]]] = {name: m.run for name, m in MODULES.items()}
 
 
 def run_ablation(name: str, seeds: int = 3, work: str | Path = "runs/ablate", docs: str | Path = "docs/ablations",
                  steps_scale: float = 1.0, world_scale: float = 1.0, eval_limit: int | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, report_only: bool = False) -> dict[str, Any]:
+    """Run ablation `name` over seeds 0 … seeds-1; with `report_only`, rewrite its page from the figures of the
+    last run (`docs/NAME.json`) without training or evaluating anything."""
     if name not in ABLATIONS:
         raise KeyError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}")
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
     ctx = Context(name, list(range(seeds)), Path(work), Path(docs), steps_scale, world_scale, eval_limit, progress)
+    if report_only:
+        raw = Path(docs) / f"{name}.json"
+        if not raw.is_file():
+            raise FileNotFoundError(f"{raw}: no figures of an earlier run to write the report from")
+        last = json.loads(raw.read_text())
+        ctx = Context(name, last["seeds"], Path(work), Path(docs), last["steps_scale"], last["world_scale"],
+                      minutes=last["minutes"])
+        return MODULES[name].report(ctx, last["per_seed"])
     return ABLATIONS[name](ctx)

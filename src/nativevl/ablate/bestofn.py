@@ -9,6 +9,8 @@ answers, and pass@N (some sample right: the ceiling of any selection); greedy de
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from nativevl.ablate.common import (
     write_report,
 )
 from nativevl.ablate.policy import describe, sft_policy
+from nativevl.data.world import file_digest
 from nativevl.eval.world import evaluate_world, final_answer, normalize
 from nativevl.infer.prm import ProcessRewardModel, majority_vote
 from nativevl.model.internvl import InternVL
@@ -64,9 +67,12 @@ def run(ctx: Context) -> dict[str, Any]:
         out = ctx.seed_dir(seed)
         policy_dir, seconds = sft_policy(ctx, seed)
         labels = out / "prm_data"
-        if not (labels / "summary.json").is_file():
-            build_prm_data(policy_dir, world, labels, questions=PRM_QUESTIONS, samples=2, k=4, max_new_tokens=128,
-                           seed=seed)
+        made_by = {"policy": file_digest(policy_dir)}  # labels of another policy (retrained since) are made again
+        if not (labels / "policy.json").is_file() or json.loads((labels / "policy.json").read_text()) != made_by:
+            shutil.rmtree(labels, ignore_errors=True)
+            build_prm_data(policy_dir, world, labels, questions=ctx.steps(PRM_QUESTIONS), samples=2, k=4,
+                           max_new_tokens=128, seed=seed)
+            (labels / "policy.json").write_text(json.dumps(made_by))
         cfg = demo_prm()
         cfg.seed, cfg.steps = seed, ctx.steps(PRM_STEPS)
         cfg.model = ModelSpec(checkpoint=str(policy_dir))
@@ -83,7 +89,7 @@ def run(ctx: Context) -> dict[str, Any]:
         per_seed.append({"seed": seed, "policy_seconds": seconds, "prm_seconds": train_seconds(metrics),
                          "greedy": greedy["accuracy"], "baseline": greedy["baseline"], "n": greedy["n"],
                          "curves": {m: {str(k): v for k, v in c.items()} for m, c in found.items()}})
-        print(f"best-of-n: seed {seed} done ({ctx.minutes():.1f} min)", flush=True)
+        print(f"best-of-n: seed {seed} done ({ctx.elapsed():.1f} min)", flush=True)
     return report(ctx, per_seed)
 
 
@@ -103,12 +109,13 @@ def report(ctx: Context, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 reasoning over greedy decoding, most of all for small models; the paper uses Best-of-8.
 
 **Setup.** Per seed: {describe(ctx)}; a PRM trained from it ({ctx.steps(PRM_STEPS)} steps, `demo_prm`) on
-{PRM_QUESTIONS} training questions' solutions (the gold one and 2 sampled at temperature 1.0), each step
+{ctx.steps(PRM_QUESTIONS)} training questions' solutions (the gold one and 2 sampled at temperature 1.0), each step
 labelled + when one of 4 continuations from it reaches the gold answer (VisualPRM's Monte-Carlo rule). On the
 {per_seed[0]['n']} held-out step-by-step questions (val + test) the policy samples {max(NS)} solutions
 (temperature 0.7, top-p 0.95); the PRM scores each (the mean of its step scores). For each N the first N
 samples of a question give Best-of-N, the majority vote and pass@N. Accuracy in % (mean ± sd (min..max) over
-seeds).
+seeds). Training the SFT policies took {sum(s['policy_seconds'] for s in per_seed) / 60:.1f} min
+of steps (the same policies serve mpo and best-of-n: whichever runs second reuses them).
 
 {markdown_table(header, rows)}
 """

@@ -36,10 +36,11 @@ class Context:
     seeds: list[int]
     work: Path  # checkpoints and per-seed results: work/<name>/seed<k>/…; the world in work/world
     docs: Path  # the report: docs/<name>.md, .png, .json
-    steps_scale: float = 1.0  # every stage's steps times this (tests run a few steps)
+    steps_scale: float = 1.0  # every stage's steps (and the PRM's labelled questions) times this: tests run a few
     world_scale: float = 1.0  # the world's size (tests use a small one)
     eval_limit: int | None = None  # held-out records per dataset (None: all)
     progress: bool = True
+    minutes: float | None = None  # the run's duration when a report is rewritten from its figures
     started: float = field(default_factory=time.perf_counter)
     _world_checked: bool = False
 
@@ -68,20 +69,26 @@ class Context:
         self._world_checked = True
         return path
 
-    def minutes(self) -> float:
-        return (time.perf_counter() - self.started) / 60
+    def elapsed(self) -> float:
+        """Minutes since the run started (or those of the run a rewritten report comes from)."""
+        return self.minutes if self.minutes is not None else (time.perf_counter() - self.started) / 60
 
 
 def stage(cfg: TrainConfig, out: Path, progress: bool = True) -> list[dict[str, float]]:
-    """Train `cfg` into `out`, or, when `out` already holds a finished run of this very configuration, read its
-    metrics instead (on one CPU process a configuration and its seed give the same weights). A run of another
-    configuration is cleared first; an unfinished run of this one resumes from its last checkpoint."""
+    """Train `cfg` into `out`, or, when `out` already holds a finished run of this very configuration from this
+    very starting checkpoint, read its metrics instead (on one CPU process they give the same weights). A run of
+    another configuration or start is cleared first; an unfinished run of this one resumes from its last
+    checkpoint."""
     cfg.out, cfg.progress, cfg.resume = str(out), progress, True
-    saved = out / "config.toml"
-    if saved.is_file() and saved.read_text() != cfg.to_toml():
+    start = cfg.model.checkpoint
+    key = {"config": cfg.to_toml(), "start": file_digest(start) if start else None}
+    saved = out / "stage.json"
+    if out.exists() and (not saved.is_file() or json.loads(saved.read_text()) != key):
         shutil.rmtree(out)
-    if (out / "final").is_dir() and saved.is_file():
+    if (out / "final").is_dir():
         return read_metrics(out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(key))
     train(cfg)
     return read_metrics(out)
 
@@ -145,7 +152,7 @@ def write_report(ctx: Context, title: str, body: str, results: dict[str, Any],
     ctx.docs.mkdir(parents=True, exist_ok=True)
     md, png, raw = (ctx.docs / f"{ctx.name}{ext}" for ext in (".md", ".png", ".json"))
     plot(png)
-    results = {**results, "seeds": ctx.seeds, "minutes": round(ctx.minutes(), 1), "machine": machine(),
+    results = {**results, "seeds": ctx.seeds, "minutes": round(ctx.elapsed(), 1), "machine": machine(),
                "steps_scale": ctx.steps_scale, "world_scale": ctx.world_scale}
     raw.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     kept = "\n## Discussion\n\n(Not yet written: read the figures above.)\n"

@@ -57,7 +57,7 @@ def run(ctx: Context) -> dict[str, Any]:
             "mpo_reward_accuracy": sum(r["reward_accuracy"] for r in last) / len(last),
             "SFT": answers(sft, world, ctx.eval_limit),
             "SFT + MPO": answers(ctx.seed_dir(seed) / "mpo" / "final", world, ctx.eval_limit)})
-        print(f"mpo: seed {seed} done ({ctx.minutes():.1f} min)", flush=True)
+        print(f"mpo: seed {seed} done ({ctx.elapsed():.1f} min)", flush=True)
     return report(ctx, per_seed)
 
 
@@ -87,7 +87,8 @@ sigmoid + 0.2 BCO pair + 1.0 SFT, β = 0.1, the frozen SFT model as reference) o
 pairs (the chosen solution right; the rejected one with a miscount, a misread bar or an arithmetic slip). Both
 models answer the {first['n']} held-out step-by-step questions (val + test: counting shapes, chart
 arithmetic) greedily; most-frequent-answer baseline {100 * first['baseline']:.1f}%. MPO's chosen-over-rejected
-reward accuracy over its last 10 steps: {reward}% (mean ± sd (min..max) over seeds, as the table).
+reward accuracy over its last 10 steps: {reward}% (mean ± sd (min..max) over seeds, as the table). Training the SFT policies took {sum(s['policy_seconds'] for s in per_seed) / 60:.1f} min
+of steps (the same policies serve mpo and best-of-n: whichever runs second reuses them).
 
 {markdown_table(header, rows)}
 """

@@ -107,7 +107,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 "train_seconds": run_["seconds"],
             }
         per_seed.append(found)
-        print(f"native-vs-posthoc: seed {seed} done ({ctx.minutes():.1f} min)", flush=True)
+        print(f"native-vs-posthoc: seed {seed} done ({ctx.elapsed():.1f} min)", flush=True)
     return report(ctx, per_seed)
 
 

@@ -122,7 +122,7 @@ def run(ctx: Context) -> dict[str, Any]:
             found["arms"][arm] = {"seconds": train_seconds(metrics), "train_length": train_length, "evals": evals}
         per_seed.append(found)
         (out / "results.json").write_text(json.dumps(found, indent=1))
-        print(f"v2pe: seed {seed} done ({ctx.minutes():.1f} min)", flush=True)
+        print(f"v2pe: seed {seed} done ({ctx.elapsed():.1f} min)", flush=True)
     return report(ctx, per_seed)
 
 
