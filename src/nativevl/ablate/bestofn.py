@@ -16,9 +16,9 @@ from typing import Any
 
 from nativevl.ablate.common import (
     Context,
+    canvas,
     cell,
     error_bars,
-    figure,
     markdown_table,
     stage,
     text_table,
@@ -121,24 +121,16 @@ of steps (the same policies serve mpo and best-of-n: whichever runs second reuse
 """
 
     def plot(png: Path) -> None:
-        plt = figure()
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-        for method in METHODS:
-            error_bars(ax, list(NS), [curve(method, n) for n in NS], method,
-                       linestyle="--" if method == "pass@N" else "-")
-        ax.axhline(100 * sum(greedy) / len(greedy), color="black", linestyle=":", label="greedy (mean)")
-        ax.axhline(100 * per_seed[0]["baseline"], color="grey", linestyle=":", label="most frequent answer")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(list(NS), [str(n) for n in NS])
-        ax.set_xlabel("N (samples per question)")
-        ax.set_ylabel("held-out accuracy (%)")
-        ax.set_title("Best-of-N with a PRM (mean, min..max over seeds)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(png)
-        plt.close(fig)
+        with canvas(png, "Best-of-N with a PRM (mean, min..max over seeds)") as ax:
+            for method in METHODS:
+                error_bars(ax, list(NS), [curve(method, n) for n in NS], method,
+                           linestyle="--" if method == "pass@N" else "-")
+            ax.axhline(100 * sum(greedy) / len(greedy), color="black", linestyle=":", label="greedy (mean)")
+            ax.axhline(100 * per_seed[0]["baseline"], color="grey", linestyle=":", label="most frequent answer")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(list(NS), [str(n) for n in NS])
+            ax.set_xlabel("N (samples per question)")
+            ax.set_ylabel("held-out accuracy (%)")
+            ax.legend(fontsize=8)
 
-    results = {"per_seed": per_seed}
-    write_report(ctx, TITLE, body, results, plot)
-    return results
+    return write_report(ctx, TITLE, body, per_seed, plot)

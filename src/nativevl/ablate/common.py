@@ -12,7 +12,8 @@ import platform
 import shutil
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,8 @@ def cell(values: Sequence[float], percent: bool = True, digits: int = 1) -> str:
     k = 100 if percent else 1
     if s["n"] == 1:
         return f"{k * s['mean']:.{digits}f}"
-    return f"{k * s['mean']:.{digits}f} ± {k * s['sd']:.{digits}f} ({k * s['min']:.{digits}f}..{k * s['max']:.{digits}f})"
+    mean, sd, low, high = (f"{k * s[key]:.{digits}f}" for key in ("mean", "sd", "min", "max"))
+    return f"{mean} ± {sd} ({low}..{high})"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -145,14 +147,14 @@ def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def write_report(ctx: Context, title: str, body: str, results: dict[str, Any],
-                 plot: Callable[[Path], None]) -> Path:
+def write_report(ctx: Context, title: str, body: str, per_seed: list[dict[str, Any]],
+                 plot: Callable[[Path], None]) -> dict[str, Any]:
     """docs/<name>.md (the measured part between the markers; anything after the end marker is kept), the plot
-    in docs/<name>.png and the raw figures in docs/<name>.json."""
+    in docs/<name>.png and the figures of every seed in docs/<name>.json, which it returns."""
     ctx.docs.mkdir(parents=True, exist_ok=True)
     md, png, raw = (ctx.docs / f"{ctx.name}{ext}" for ext in (".md", ".png", ".json"))
     plot(png)
-    results = {**results, "seeds": ctx.seeds, "minutes": round(ctx.elapsed(), 1), "machine": machine(),
+    results = {"per_seed": per_seed, "seeds": ctx.seeds, "minutes": round(ctx.elapsed(), 1), "machine": machine(),
                "steps_scale": ctx.steps_scale, "world_scale": ctx.world_scale}
     raw.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     kept = "\n## Discussion\n\n(Not yet written: read the figures above.)\n"
@@ -164,16 +166,29 @@ def write_report(ctx: Context, title: str, body: str, results: dict[str, Any],
             + (f" (steps × {ctx.steps_scale}, world × {ctx.world_scale}: a smoke run, not the figures to read)"
                if ctx.steps_scale != 1 or ctx.world_scale != 1 else "") + ".\n\n")
     md.write_text(head + body.strip() + f"\n\n![{ctx.name}]({png.name})\n\n{END}" + kept)
-    return md
+    return results
 
 
-def figure():  # noqa: ANN201 - (matplotlib figure, axes)
+@contextmanager
+def canvas(png: Path, title: str, cols: int = 1, size: tuple[float, float] = (7, 4.5),
+           width_ratios: list[float] | None = None) -> Iterator[Any]:
+    """Axes to draw on (one, or a row of `cols`), saved to `png` with a grid and `title` when the block ends."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
+    fig, axes = plt.subplots(1, cols, figsize=size, dpi=100,
+                             gridspec_kw={"width_ratios": width_ratios} if width_ratios else None)
+    try:
+        yield axes
+        for ax in axes if cols > 1 else [axes]:
+            ax.grid(alpha=0.3)
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(png)
+    finally:
+        plt.close(fig)
 
 
 def error_bars(ax: Any, xs: Sequence[float], per_seed: Sequence[Sequence[float]], label: str, percent: bool = True,

@@ -13,9 +13,9 @@ from typing import Any
 
 from nativevl.ablate.common import (
     Context,
+    canvas,
     cell,
     error_bars,
-    figure,
     markdown_table,
     stage,
     text_table,
@@ -87,32 +87,26 @@ sigmoid + 0.2 BCO pair + 1.0 SFT, β = 0.1, the frozen SFT model as reference) o
 pairs (the chosen solution right; the rejected one with a miscount, a misread bar or an arithmetic slip). Both
 models answer the {first['n']} held-out step-by-step questions (val + test: counting shapes, chart
 arithmetic) greedily; most-frequent-answer baseline {100 * first['baseline']:.1f}%. MPO's chosen-over-rejected
-reward accuracy over its last 10 steps: {reward}% (mean ± sd (min..max) over seeds, as the table). Training the SFT policies took {sum(s['policy_seconds'] for s in per_seed) / 60:.1f} min
-of steps (the same policies serve mpo and best-of-n: whichever runs second reuses them).
+reward accuracy over its last 10 steps: {reward}% (mean ± sd (min..max) over seeds, as the table).
+Training the SFT policies took {sum(s['policy_seconds'] for s in per_seed) / 60:.1f} min of steps (the same
+policies serve mpo and best-of-n: whichever runs second reuses them).
 
 {markdown_table(header, rows)}
 """
 
     def plot(png: Path) -> None:
-        plt = figure()
-        fig, axes = plt.subplots(1, 2, figsize=(9, 4), dpi=100)
-        for ax, (key, label) in zip(axes, (("accuracy", "final-answer accuracy (%)"),
-                                           ("no_answer_line", "answers with no Answer: line (%)")), strict=True):
-            error_bars(ax, [0, 1], [values(a, key) for a in arms], "mean, min..max over seeds", linestyle="none")
-            for s in per_seed:
-                ax.plot([0, 1], [100 * s[a][key] for a in arms], color="grey", alpha=0.4, linewidth=0.8)
-            if key == "accuracy":
-                ax.axhline(100 * first["baseline"], color="grey", linestyle=":", label="most frequent answer")
-            ax.set_xticks([0, 1], list(arms))
-            ax.set_xlim(-0.5, 1.5)
-            ax.set_ylabel(label)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.suptitle("SFT vs SFT + MPO on held-out step-by-step questions (a grey line per seed)")
-        fig.tight_layout()
-        fig.savefig(png)
-        plt.close(fig)
+        with canvas(png, "SFT vs SFT + MPO on held-out step-by-step questions (a grey line per seed)", cols=2,
+                    size=(9, 4)) as axes:
+            for ax, (key, label) in zip(axes, (("accuracy", "final-answer accuracy (%)"),
+                                               ("no_answer_line", "answers with no Answer: line (%)")), strict=True):
+                error_bars(ax, [0, 1], [values(a, key) for a in arms], "mean, min..max over seeds", linestyle="none")
+                for s in per_seed:
+                    ax.plot([0, 1], [100 * s[a][key] for a in arms], color="grey", alpha=0.4, linewidth=0.8)
+                if key == "accuracy":
+                    ax.axhline(100 * first["baseline"], color="grey", linestyle=":", label="most frequent answer")
+                ax.set_xticks([0, 1], list(arms))
+                ax.set_xlim(-0.5, 1.5)
+                ax.set_ylabel(label)
+                ax.legend(fontsize=8)
 
-    results = {"per_seed": per_seed}
-    write_report(ctx, TITLE, body, results, plot)
-    return results
+    return write_report(ctx, TITLE, body, per_seed, plot)

@@ -18,9 +18,9 @@ from typing import Any
 
 from nativevl.ablate.common import (
     Context,
+    canvas,
     cell,
     error_bars,
-    figure,
     markdown_table,
     stage,
     sub_meta,
@@ -122,8 +122,9 @@ def report(ctx: Context, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     for g in groups:
         diff = [a - b for a, b in zip(values("native", "accuracy", g), values("post-hoc", "accuracy", g),
                                       strict=True)]
+        baseline = per_seed[0]["native"]["baseline"][g]
         rows.append([g, str(per_seed[0]["native"]["n"][g]), cell(values("native", "accuracy", g)),
-                     cell(values("post-hoc", "accuracy", g)), cell(diff), f"{100 * per_seed[0]['native']['baseline'][g]:.1f}"])
+                     cell(values("post-hoc", "accuracy", g)), cell(diff), f"{100 * baseline:.1f}"])
     for key, label in (("perplexity_pretrained", "text perplexity after pre-training"),
                        ("perplexity_sft", "text perplexity after SFT")):
         diff = [a - b for a, b in zip(values("native", key), values("post-hoc", key), strict=True)]
@@ -161,29 +162,22 @@ template).
 """
 
     def plot(png: Path) -> None:
-        plt = figure()
-        fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), dpi=100, gridspec_kw={"width_ratios": [3, 1]})
-        xs = list(range(len(groups)))
-        for k, arm in enumerate(arms_):
-            error_bars(ax, [x + (k - 0.5) * 0.25 for x in xs], [values(arm, "accuracy", g) for g in groups], arm,
-                       linestyle="none")
-        ax.scatter(xs, [100 * per_seed[0]["native"]["baseline"][g] for g in groups], marker="_", s=300, c="grey",
-                   label="baseline")
-        ax.set_xticks(xs, groups, rotation=30)
-        ax.set_ylabel("held-out accuracy (%)")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        for k, arm in enumerate(arms_):
-            error_bars(bx, [k - 0.1, k + 0.1], [values(arm, "perplexity_pretrained"), values(arm, "perplexity_sft")],
-                       arm, percent=False, linestyle="none")
-        bx.set_xticks([0, 1], list(arms_))
-        bx.set_ylabel("text perplexity (pre-trained, then after SFT)")
-        bx.grid(alpha=0.3)
-        fig.suptitle("native vs post-hoc, equal compute (mean, min..max over seeds)")
-        fig.tight_layout()
-        fig.savefig(png)
-        plt.close(fig)
+        with canvas(png, "native vs post-hoc, equal compute (mean, min..max over seeds)", cols=2, size=(11, 4),
+                    width_ratios=[3, 1]) as (ax, bx):
+            xs = list(range(len(groups)))
+            for k, arm in enumerate(arms_):
+                error_bars(ax, [x + (k - 0.5) * 0.25 for x in xs], [values(arm, "accuracy", g) for g in groups], arm,
+                           linestyle="none")
+            ax.scatter(xs, [100 * per_seed[0]["native"]["baseline"][g] for g in groups], marker="_", s=300, c="grey",
+                       label="baseline")
+            ax.set_xticks(xs, groups, rotation=30)
+            ax.set_ylabel("held-out accuracy (%)")
+            ax.legend()
+            for k, arm in enumerate(arms_):
+                error_bars(bx, [k - 0.1, k + 0.1],
+                           [values(arm, "perplexity_pretrained"), values(arm, "perplexity_sft")], arm,
+                           percent=False, linestyle="none")
+            bx.set_xticks([0, 1], list(arms_))
+            bx.set_ylabel("text perplexity (pre-trained, then after SFT)")
 
-    results = {"per_seed": per_seed}
-    write_report(ctx, TITLE, body, results, plot)
-    return results
+    return write_report(ctx, TITLE, body, per_seed, plot)

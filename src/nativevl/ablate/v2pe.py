@@ -4,9 +4,10 @@ Per seed, one base model learns to see (object pictures: captions and questions)
 text conversations as long as the longest training prompt, so every position up to the training context length
 is trained. From it, one model per δ (1, 1/4, 1/16, and δ drawn per image from {1, 1/2, …, 1/256}) continues on
 the long-context task at the training length (2-8 pictures: "what colour is the object in the first picture?")
-with that δ, as the V2PE paper fine-tunes a model pre-trained with integer positions. Each is asked the same question over 8, 16 and 32 held-out pictures (prompts about 1x, 2x and 4x the
-training length), with the δ it was trained with; the random-δ model with the largest δ whose positions stay
-within the training length (the paper's "δ chosen by context length"), and with δ = 1.
+with that δ, as the V2PE paper fine-tunes a model pre-trained with integer positions. Each is asked the same
+question over 8, 16 and 32 held-out pictures (prompts about 1x, 2x and 4x the training length), with the δ it
+was trained with; the random-δ model with the largest δ whose positions stay within the training length (the
+paper's "δ chosen by context length"), and with δ = 1.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import Any
 
 from nativevl.ablate.common import (
     Context,
+    canvas,
     cell,
     error_bars,
-    figure,
     markdown_table,
     stage,
     sub_meta,
@@ -29,7 +30,7 @@ from nativevl.ablate.common import (
 )
 from nativevl.data.dataset import read_lines, read_meta
 from nativevl.data.v2pe import V2PE_DELTAS, v2pe_positions_row
-from nativevl.data.world import LONG_EVAL_PICTURES, LONG_TRAIN_PICTURES
+from nativevl.data.world import COLOURS, LONG_EVAL_PICTURES, LONG_TRAIN_PICTURES
 from nativevl.eval.world import evaluate_world
 from nativevl.infer.chat import question_ids
 from nativevl.model.internvl import InternVL
@@ -133,7 +134,8 @@ def _specs(specs: list[Any], length: str) -> list[Any]:
 def rows_of(per_seed: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(arm, how it was evaluated) in table order."""
     first = per_seed[0]["arms"]
-    return [(arm, how) for arm in first for how in first[arm]["evals"]]
+    order = ("trained", "by length", "δ = 1")
+    return [(arm, how) for arm in ARMS if arm in first for how in order if how in first[arm]["evals"]]
 
 
 def report(ctx: Context, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -147,18 +149,24 @@ def report(ctx: Context, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     rows = []
     for arm, how in rows_of(per_seed):
         e = first[arm]["evals"][how]
-        label = "its δ" if how == "trained" else "δ by length: " + ", ".join(
-            f"1/{round(1 / e[k]['delta'])}" if e[k]["delta"] < 1 else "1" for k in lengths) if how == "by length" else how
+        chosen = ", ".join(f"1/{round(1 / e[k]['delta'])}" if e[k]["delta"] < 1 else "1" for k in lengths)
+        label = {"trained": "its δ", "by length": f"δ by length: {chosen}"}.get(how, how)
         rows.append([arm, label, *[cell(acc(arm, how, k)) for k in lengths]])
     baseline = first["δ = 1"]["evals"]["trained"]
     rows.append(["most frequent training answer", "", *[f"{100 * baseline[k]['baseline']:.1f}" for k in lengths]])
-    rows.append(["chance (1 / pictures)", "", *[f"{100 / n:.1f}" for n in LONG_EVAL_PICTURES.values()]])
+    rows.append([f"chance (1 of {len(COLOURS)} colours)", "", *[f"{100 / len(COLOURS):.1f}" for _ in lengths]])
     print(text_table(header, rows))
     spans = markdown_table(
         ["model", *[f"{n} pictures" for n in LONG_EVAL_PICTURES.values()]],
         [[arm, *[f"{round(first[arm]['evals'][how][k]['span'])}" for k in lengths]]
          for arm, how in rows_of(per_seed) if how == "trained"])
+    per_seed_table = markdown_table(
+        ["model", "evaluated with", *[f"seed {s['seed']}" for s in per_seed]],
+        [[arm, "its δ" if how == "trained" else how,
+          *[" / ".join(f"{100 * s['arms'][arm]['evals'][how][k]['accuracy']:.0f}" for k in lengths) for s in per_seed]]
+         for arm, how in rows_of(per_seed)])
     low, high = LONG_TRAIN_PICTURES
+    tokens = ", ".join(str(first["δ = 1"]["evals"]["trained"][k]["tokens"]) for k in lengths)
     body = f"""
 **Claim (paper §2.2, Table 12):** V2PE, which advances the position by δ < 1 for visual tokens, helps on long
 multimodal contexts; δ can be chosen at inference by the context's length.
@@ -169,10 +177,14 @@ below), per seed a base trained {ctx.steps(BASE_STEPS)} steps with integer posit
 trained {ctx.steps(ARM_STEPS)} more steps on "what colour is the object in the first picture?" over {low}-{high}
 pictures (`meta_long.json`), object questions and long text, with that δ. The
 training context length: {round(first['δ = 1']['train_length'])} positions (the longest prompt, {high} pictures,
-at δ = 1). Held-out questions over 8, 16 and 32 pictures ({', '.join(str(first['δ = 1']['evals']['trained'][k]['tokens']) for k in lengths)}
+at δ = 1). Held-out questions over 8, 16 and 32 pictures ({tokens}
 prompt tokens), greedy; accuracy in % (mean ± sd (min..max) over seeds).
 
 {markdown_table(header, rows)}
+
+Per seed (accuracy at 8 / 16 / 32 pictures, %):
+
+{per_seed_table}
 
 How far each prompt reaches into the positions (the longest prompt's last position + 1) for each δ:
 
@@ -180,23 +192,16 @@ How far each prompt reaches into the positions (the longest prompt's last positi
 """
 
     def plot(png: Path) -> None:
-        plt = figure()
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-        xs = list(LONG_EVAL_PICTURES.values())
-        for arm, how in rows_of(per_seed):
-            error_bars(ax, xs, [acc(arm, how, k) for k in lengths], arm if how == "trained" else f"{arm}, {how}")
-        ax.plot(xs, [100 / n for n in xs], color="grey", linestyle=":", label="chance")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(xs, [f"{n} ({k})" for k, n in LONG_EVAL_PICTURES.items()])
-        ax.set_xlabel("pictures in the prompt (its length against the training length)")
-        ax.set_ylabel("held-out accuracy (%)")
-        ax.set_title("V2PE: accuracy beyond the training length (mean, min..max over seeds)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(png)
-        plt.close(fig)
+        with canvas(png, "V2PE: accuracy beyond the training length (mean, min..max over seeds)") as ax:
+            xs = list(LONG_EVAL_PICTURES.values())
+            for i, (arm, how) in enumerate(rows_of(per_seed)):  # each line a little apart, so the bars do not hide
+                error_bars(ax, [x * 1.03 ** (i - 2) for x in xs], [acc(arm, how, k) for k in lengths],
+                           arm if how == "trained" else f"{arm}, {how}")
+            ax.axhline(100 / len(COLOURS), color="grey", linestyle=":", label="chance")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(xs, [f"{n} ({k})" for k, n in LONG_EVAL_PICTURES.items()])
+            ax.set_xlabel("pictures in the prompt (its length against the training length)")
+            ax.set_ylabel("held-out accuracy (%)")
+            ax.legend(fontsize=8)
 
-    results = {"per_seed": per_seed}
-    write_report(ctx, TITLE, body, results, plot)
-    return results
+    return write_report(ctx, TITLE, body, per_seed, plot)
