@@ -105,7 +105,7 @@ def report(ctx: Context, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     rows.append(["most frequent answer", f"{100 * per_seed[0]['baseline']:.1f}", "", "", ""])
     print(text_table(header, rows))
     body = f"""
-**Claim (paper §3.3, Table 11):** Best-of-N with a process reward model (VisualPRM) as critic improves
+**Claim (paper §2.4; Table 2):** Best-of-N with a process reward model (VisualPRM) as critic improves
 reasoning over greedy decoding, most of all for small models; the paper uses Best-of-8.
 
 **Setup.** Per seed: {describe(ctx)}; a PRM trained from it ({ctx.steps(PRM_STEPS)} steps, `demo_prm`) on

@@ -79,7 +79,7 @@ def report(ctx: Context, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     first = per_seed[0]["SFT"]
     reward = cell([s["mpo_reward_accuracy"] for s in per_seed])
     body = f"""
-**Claim (paper §3.2, Table 10):** MPO (preference loss + quality loss + generation loss on preference pairs)
+**Claim (paper §2.3; Table 13):** MPO (preference loss + quality loss + generation loss on preference pairs)
 improves the SFT model's step-by-step reasoning.
 
 **Setup.** Per seed: {describe(ctx)}, then {ctx.steps(MPO_STEPS)} MPO steps (`demo_mpo`: lr 1e-4; 0.8 DPO
