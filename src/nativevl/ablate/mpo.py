@@ -78,6 +78,9 @@ def report(ctx: Context, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     print(text_table(header, rows))
     first = per_seed[0]["SFT"]
     reward = cell([s["mpo_reward_accuracy"] for s in per_seed])
+    def seed_cell(found: dict[str, float]) -> str:
+        return f"{100 * found['accuracy']:.1f} / {100 * found['no_answer_line']:.1f}"
+
     body = f"""
 **Claim (paper §2.3; Table 13):** MPO (preference loss + quality loss + generation loss on preference pairs)
 improves the SFT model's step-by-step reasoning.
@@ -92,6 +95,10 @@ Training the SFT policies took {sum(s['policy_seconds'] for s in per_seed) / 60:
 policies serve mpo and best-of-n: whichever runs second reuses them).
 
 {markdown_table(header, rows)}
+
+Per seed (accuracy / answers with no `Answer:` line, %):
+
+{markdown_table(["seed", *arms], [[str(s["seed"]), *[seed_cell(s[a]) for a in arms]] for s in per_seed])}
 """
 
     def plot(png: Path) -> None:

@@ -141,9 +141,9 @@ def report(ctx: Context, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         return f"{sum(values(arm, 'train_seconds')) / len(per_seed) / 60:.1f}"
 
     body = f"""
-**Claim (paper §2.1; its ablation in §3, Figure 3):** native multimodal pre-training, in which the ViT, the projector and the LLM
-learn together from text and multimodal data in one stage, is at least as good as adapting a text-only LLM
-post hoc.
+**Claim (paper §2.1; its ablation in §3, Figure 3):** native multimodal pre-training, in which the ViT, the
+projector and the LLM learn together from text and multimodal data in one stage, is at least as good as
+adapting a text-only LLM post hoc.
 
 **Setup.** The embedded world (`nativevl world generate`), the demo's toy model (112-px tiles, a 3-layer
 ViT, a 4-layer LLM, random weights) and its recipes, at equal compute: {steps[0]} pre-training steps for the
