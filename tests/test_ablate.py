@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from nativevl.ablate import run_ablation
-from nativevl.ablate.bestofn import curves
+from nativevl.ablate.bestofn import curves, score_auc
 from nativevl.ablate.common import END, Context, cell, stage, stats, write_report
 from nativevl.ablate.v2pe import delta_for, span
 from nativevl.data.dataset import DataConfig, build_sample, read_meta
@@ -56,6 +56,14 @@ def test_best_of_n_curves_take_the_first_n_samples():
     # votes: row 1 has 5, 5, 3, 4 -> 5 (wrong); row 2 has 7, 2, 7, 2 -> tie, the earlier (7, right)
     assert found["majority vote"][4] == 0.5
     assert found["pass@N"][4] == 1.0
+
+
+def test_prm_auc_counts_right_over_wrong_pairs():
+    rows = [{"candidates": [candidate(0, 0.9, "3", "3"), candidate(1, 0.5, "5", "3")]},
+            {"candidates": [candidate(0, 0.5, "7", "7"), candidate(1, 0.7, "2", "7"), candidate(2, 0.1, "2", "7")]}]
+    # right: 0.9, 0.5; wrong: 0.5, 0.7, 0.1 -> 0.9 beats all three; 0.5 ties 0.5, loses to 0.7, beats 0.1
+    assert score_auc(rows) == (3 + 0.5 + 1) / 6
+    assert score_auc(rows[:1][:0] + [{"candidates": [candidate(0, 0.2, "1", "1")]}]) is None
 
 
 def test_v2pe_span_and_the_delta_chosen_by_length():

@@ -60,6 +60,16 @@ def curves(rows: list[dict[str, Any]], ns: tuple[int, ...] = NS) -> dict[str, di
     return out
 
 
+def score_auc(rows: list[dict[str, Any]]) -> float | None:
+    """How well the PRM's scores rank right samples above wrong ones across all questions: the probability that
+    a right sample outscores a wrong one (ties count half); None when either kind is missing."""
+    right = [c["score"] for r in rows for c in r["candidates"] if c["correct"]]
+    wrong = [c["score"] for r in rows for c in r["candidates"] if not c["correct"]]
+    if not right or not wrong:
+        return None
+    return sum((a > b) + 0.5 * (a == b) for a in right for b in wrong) / (len(right) * len(wrong))
+
+
 def run(ctx: Context) -> dict[str, Any]:
     world = ctx.world()
     per_seed = []
@@ -85,9 +95,11 @@ def run(ctx: Context) -> dict[str, Any]:
         evaluate_world(policy, world / "meta_eval.json", world / "meta_sft.json", best_of=max(NS),
                        prm=ProcessRewardModel(str(out / "prm" / "final")), rows=rows, seed=seed, batch_size=32,
                        **common)
-        found = curves([r for r in rows if "candidates" in r])
+        scored = [r for r in rows if "candidates" in r]
+        found = curves(scored)
         per_seed.append({"seed": seed, "policy_seconds": seconds, "prm_seconds": train_seconds(metrics),
                          "greedy": greedy["accuracy"], "baseline": greedy["baseline"], "n": greedy["n"],
+                         "prm_auc": score_auc(scored),
                          "curves": {m: {str(k): v for k, v in c.items()} for m, c in found.items()}})
         print(f"best-of-n: seed {seed} done ({ctx.elapsed():.1f} min)", flush=True)
     return report(ctx, per_seed)
@@ -104,6 +116,8 @@ def report(ctx: Context, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     rows.append(["greedy", cell(greedy), "", "", ""])
     rows.append(["most frequent answer", f"{100 * per_seed[0]['baseline']:.1f}", "", "", ""])
     print(text_table(header, rows))
+    aucs = [s["prm_auc"] for s in per_seed if s.get("prm_auc") is not None]
+    auc = cell(aucs) if aucs else "not measurable (no right or no wrong sample)"
     body = f"""
 **Claim (paper §2.4; Table 2):** Best-of-N with a process reward model (VisualPRM) as critic improves
 reasoning over greedy decoding, most of all for small models; the paper uses Best-of-8.
@@ -118,6 +132,9 @@ seeds). Training the SFT policies took {sum(s['policy_seconds'] for s in per_see
 of steps (the same policies serve mpo and best-of-n: whichever runs second reuses them).
 
 {markdown_table(header, rows)}
+
+How well the PRM tells right samples from wrong ones (the probability that a right sample of any question
+outscores a wrong one; 50% is chance): {auc}%.
 """
 
     def plot(png: Path) -> None:
