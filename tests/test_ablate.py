@@ -40,7 +40,7 @@ def candidate(index: int, score: float, answer: str, gold: str) -> dict:
 def test_best_of_n_curves_take_the_first_n_samples():
     # sampling order 0..3; the PRM likes sample 2 best, then 1; the right answer is "3"
     rows = [{"answer": "3", "candidates": [candidate(2, 0.9, "3", "3"), candidate(0, 0.1, "5", "3"),
-                                           candidate(1, 0.5, "5", "3"), candidate(3, 0.9, "4", "3")]},
+                                           candidate(1, 0.5, "5", "3"), candidate(3, 0.8, "4", "3")]},
             # one right sample, first; the PRM prefers a wrong one; a tie in score goes to the earlier sample
             {"answer": "7", "candidates": [candidate(0, 0.2, "7", "7"), candidate(1, 0.6, "2", "7"),
                                            candidate(2, 0.6, "7", "7"), candidate(3, 0.1, "2", "7")]}]
@@ -51,7 +51,7 @@ def test_best_of_n_curves_take_the_first_n_samples():
     assert found["Best-of-N (PRM)"][2] == 0.0
     assert found["majority vote"][2] == 0.5
     assert found["pass@N"][2] == 0.5
-    # N=4: row 1's PRM pick is sample 2 (0.9, earlier than 3); row 2's a tie of 1 and 2 at 0.6 -> 1 (wrong)
+    # N=4: row 1's PRM pick is sample 2 (0.9, right); row 2's a tie of 1 and 2 at 0.6 -> the earlier, 1 (wrong)
     assert found["Best-of-N (PRM)"][4] == 0.5
     # votes: row 1 has 5, 5, 3, 4 -> 5 (wrong); row 2 has 7, 2, 7, 2 -> tie, the earlier (7, right)
     assert found["majority vote"][4] == 0.5
@@ -134,15 +134,17 @@ def test_a_report_keeps_the_discussion_below_its_marker(tmp_path):
         png.write_bytes(b"png")
         drawn.append(png)
 
-    md = write_report(ctx, "A claim", "| a | b |\n| --- | --- |\n| 1 | 2 |", {"x": 1}, plot)
+    write_report(ctx, "A claim", "| a | b |\n| --- | --- |\n| 1 | 2 |", [{"x": 1}], plot)
+    md = tmp_path / "docs" / "demo-claim.md"
     text = md.read_text()
     assert text.startswith("# A claim") and "| 1 | 2 |" in text and "nativevl ablate demo-claim --seeds 2" in text
     assert END in text and drawn == [tmp_path / "docs" / "demo-claim.png"]
     md.write_text(text.split(END)[0] + END + "\n## Discussion\n\nWritten by hand.\n")
-    write_report(ctx, "A claim", "| a | b |\n| --- | --- |\n| 3 | 4 |", {"x": 2}, plot)
+    results = write_report(ctx, "A claim", "| a | b |\n| --- | --- |\n| 3 | 4 |", [{"x": 2}], plot)
     again = md.read_text()
     assert "| 3 | 4 |" in again and "| 1 | 2 |" not in again and again.endswith("Written by hand.\n")
-    assert json.loads((tmp_path / "docs" / "demo-claim.json").read_text())["x"] == 2
+    assert json.loads((tmp_path / "docs" / "demo-claim.json").read_text()) == results
+    assert results["per_seed"] == [{"x": 2}] and results["seeds"] == [0, 1]
 
 
 def test_a_finished_stage_is_reused_and_a_changed_one_retrains(world, tmp_path):
