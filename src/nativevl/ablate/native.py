@@ -41,6 +41,13 @@ TEXT_SHARE, WARMUP_SHARE = 0.25, 0.125
 TITLE = "Native multimodal pre-training against the post-hoc recipe"
 
 
+def split(ctx: Context) -> tuple[int, int, int]:
+    """The post-hoc arm's (text, warm-up, multimodal) steps, adding up to the native arm's pre-training steps."""
+    total = ctx.steps(PRETRAIN_STEPS)
+    n_text, n_warm = max(1, round(total * TEXT_SHARE)), max(1, round(total * WARMUP_SHARE))
+    return n_text, n_warm, total - n_text - n_warm
+
+
 def _pretrain_cfg(world: Path, seed: int, steps: int, meta: Path, checkpoint: Path | None = None,
                   freeze: FreezeSpec | None = None, text_ratio: float | None = None):  # noqa: ANN202
     cfg = demo_pretrain()
@@ -58,15 +65,15 @@ def arms(ctx: Context, seed: int) -> dict[str, dict[str, Any]]:
     mix = world / "meta_pretrain.json"
     text = sub_meta(world, ["meta_pretrain.json"], lambda n: n == "world_text", out / "meta_text.json")
     visual = sub_meta(world, ["meta_pretrain.json"], lambda n: n != "world_text", out / "meta_visual.json")
-    total = ctx.steps(PRETRAIN_STEPS)
-    n_text, n_warm = max(1, round(total * TEXT_SHARE)), max(1, round(total * WARMUP_SHARE))
+    n_text, n_warm, n_rest = split(ctx)
+    total = n_text + n_warm + n_rest
     plans = {
         "native": [("pretrain", _pretrain_cfg(world, seed, total, mix, text_ratio=0.25))],
         "post-hoc": [
             ("text", _pretrain_cfg(world, seed, n_text, text, freeze=FreezeSpec(vit=True, projector=True))),
             ("warmup", _pretrain_cfg(world, seed, n_warm, visual, out / "post-hoc" / "text" / "final",
                                      freeze=FreezeSpec(llm=True))),
-            ("pretrain", _pretrain_cfg(world, seed, total - n_text - n_warm, visual,
+            ("pretrain", _pretrain_cfg(world, seed, n_rest, visual,
                                        out / "post-hoc" / "warmup" / "final")),
         ],
     }
@@ -134,8 +141,8 @@ def report(ctx: Context, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     print(text_table(header, rows))
     steps = per_seed[0]["native"]["pretrain_steps"], per_seed[0]["post-hoc"]["pretrain_steps"]
     tokens = per_seed[0]["native"]["pretrain_tokens"], per_seed[0]["post-hoc"]["pretrain_tokens"]
-    total = ctx.steps(PRETRAIN_STEPS)
-    n_text, n_warm = max(1, round(total * TEXT_SHARE)), max(1, round(total * WARMUP_SHARE))
+    n_text, n_warm, n_rest = split(ctx)
+    total = n_text + n_warm + n_rest
 
     def minutes(arm: str) -> str:
         return f"{sum(values(arm, 'train_seconds')) / len(per_seed) / 60:.1f}"
@@ -155,7 +162,7 @@ are cheaper: no picture to encode but a dummy tile per sample).
 - *native*: {total} steps on the pre-training mix, text 1:3 (`demo_pretrain`);
 - *post-hoc*: {n_text} steps on the mix's text alone (ViT and projector frozen), {n_warm} steps of warm-up on
   its multimodal data with the LLM frozen (ViT and projector train: no pre-trained ViT exists at this scale,
-  where the original's warm-up trains the MLP alone), then {total - n_text - n_warm} steps with everything
+  where the original's warm-up trains the MLP alone), then {n_rest} steps with everything
   trainable on the multimodal data; each stage restarts AdamW and the cosine schedule, as separate stages do;
 - then the same SFT for both ({ctx.steps(SFT_STEPS)} steps, `demo_sft`).
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,8 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path | list[Da
     records = [(spec, r) for spec, r in records if groups is None or group_of(task_of(r)) in groups]
     if best_of > 1 and prm is None:
         raise ValueError("Best-of-N needs a process reward model")
+    if best_of > 1 and v2pe_delta is not None:
+        raise ValueError("Best-of-N samples with integer positions; v2pe_delta is for greedy replies")
 
     def item(i: int) -> tuple[torch.Tensor | None, str, list[int]]:
         spec, record = records[i]
@@ -110,8 +113,6 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path | list[Da
             per_batch = max(1, batch_size // best_of)
             for start in tqdm(range(0, len(picked), per_batch), disable=not progress, desc="world eval"):
                 chunk = picked[start:start + per_batch]
-                if v2pe_delta is not None:
-                    raise ValueError("Best-of-N samples with integer positions; v2pe_delta is for greedy replies")
                 found = best_of_n_batch(model, tokenizer, [(q, pixels, n) for pixels, q, n in map(item, chunk)], prm,
                                         best_of, max_new_tokens=length, seed=seed + start)
                 for i, candidates in zip(chunk, found, strict=True):
@@ -126,10 +127,7 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path | list[Da
                 texts[i] = {"": text}
     for i, ((_, record), replied) in enumerate(zip(records, texts, strict=True)):
         task, gold = task_of(record), normalize(str(record["answer"]))
-
-        def right(text: str) -> bool:
-            return (final_answer(text) if task == "reasoning" else normalize(text)) == gold  # noqa: B023
-
+        right = partial(is_right, task, gold)
         for suffix, text in replied.items():
             hits[group_of(task) + suffix].append((right(text), baseline.get(task) == gold))
             if rows is not None:
@@ -141,6 +139,11 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path | list[Da
                 rows.append(row)
     return {g: {"n": len(v), "accuracy": sum(a for a, _ in v) / len(v), "baseline": sum(b for _, b in v) / len(v)}
             for g, v in sorted(hits.items(), key=lambda kv: _order(kv[0]))}
+
+
+def is_right(task: str, gold: str, reply: str) -> bool:
+    """A reply against a normalised gold answer: step-by-step ones by their last `Answer:` line."""
+    return (final_answer(reply) if task == "reasoning" else normalize(reply)) == gold
 
 
 def _order(name: str) -> tuple[int, str]:
