@@ -106,8 +106,9 @@ def transformers_twin(model, dtype: torch.dtype, device: str = "cpu"):  # noqa: 
 
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder, layout="transformers")
-        theirs = InternVLForConditionalGeneration.from_pretrained(folder, dtype=dtype, device_map=device)
-    return theirs.eval()
+        # loaded on the CPU, then moved: transformers' device_map needs accelerate, which nativevl does not
+        theirs = InternVLForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+    return theirs.to(device).eval()
 
 
 def free() -> None:

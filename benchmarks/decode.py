@@ -24,7 +24,7 @@ from benchmarks.common import (
     text_ids,
     transformers_twin,
 )
-from benchmarks.roofline import decode_weights, floor_runner, weight_bytes
+from benchmarks.roofline import decode_weights, floor_runner, packed_floor_runner, weight_bytes
 
 PROMPT = 32  # prompt tokens per row
 
@@ -77,30 +77,44 @@ def theirs_runner(model, ids: torch.Tensor, compiled: bool = False) -> Callable[
     return run
 
 
-def prepacked_forwards(module: torch.nn.Module) -> dict[torch.nn.Module, Callable]:
-    """Each linear layer's `prepack_linears` forward, taken off again so the plain layers run until
-    `with_packs` switches the packed copies on (none on a torch without oneDNN or for an unpacked dtype)."""
+def prepacked_forwards(module: torch.nn.Module) -> dict[torch.nn.Module, dict[str, object]]:
+    """What `prepack_linears` set on each module (a linear layer's packed `forward`, a q/k/v or gate/up group's
+    `packed` product), taken off again so the plain layers run until `with_packs` switches the packed copies
+    on (nothing on a torch without oneDNN or for an unpacked dtype)."""
     from nativevl.model.layers import prepack_linears
 
     if not torch.backends.mkldnn.is_available():
         return {}
     prepack_linears(module)
-    packs = {m: m.forward for m in module.modules() if "forward" in m.__dict__}
-    for m in packs:
-        del m.forward
+    packs = {}
+    for m in module.modules():
+        found = {name: m.__dict__[name] for name in ("forward", "packed") if m.__dict__.get(name) is not None}
+        if found:
+            packs[m] = found
+    _switch(packs, on=False)
     return packs
 
 
-def with_packs(run: Callable[[int], object], packs: dict[torch.nn.Module, Callable]) -> Callable[[int], object]:
-    """`run` with each linear layer's oneDNN-packed copy switched on (`prepack_linears`), then off again."""
+def _switch(packs: dict[torch.nn.Module, dict[str, object]], on: bool) -> None:
+    for m, attributes in packs.items():
+        for name, value in attributes.items():
+            if name == "packed":
+                m.packed = value if on else None
+            elif on:
+                m.forward = value  # an instance attribute shadows the class's forward
+            else:
+                del m.forward
+
+
+def with_packs(run: Callable[[int], object], packs: dict[torch.nn.Module, dict[str, object]]
+               ) -> Callable[[int], object]:
+    """`run` with each layer's oneDNN-packed copy switched on (`prepack_linears`), then off again."""
     def packed(n: int) -> object:
-        for layer, forward in packs.items():
-            layer.forward = forward
+        _switch(packs, on=True)
         try:
             return run(n)
         finally:
-            for layer in packs:
-                del layer.forward
+            _switch(packs, on=False)
 
     return packed
 
@@ -110,9 +124,11 @@ def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeat
     """`model`: nativevl's InternVL in float32 on `device`, cast in place to each dtype in turn (so float32
     must come first); transformers' twin is rebuilt from its weights for each dtype.
 
-    Engines: nativevl as loaded; `--prepack` (float32 on CPU: oneDNN-packed weights); `--compile` (the language
-    model under torch.compile, dynamic shapes: one compilation for every batch size and cache length);
-    transformers' plain `generate`, and with `--compile` its static cache + torch.compile path."""
+    Engines: nativevl as loaded; `--prepack` (on CPU: oneDNN-packed weights, q/k/v and gate/up as one
+    product); `--compile` (the language model under torch.compile, dynamic shapes: one compilation for every
+    batch size and cache length), alone and with `--prepack`; transformers' plain `generate`, and with
+    `--compile` its static cache + torch.compile path. Floors: torch's default products on the model's weights
+    ("kernel floor") and, on a CPU, the products `--prepack` makes ("packed floor")."""
     rows, notes = [], []
     for dtype in dtypes:
         ours = model.to(dtype)
@@ -132,6 +148,9 @@ def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeat
                        "transformers generate": their}
             if packs:
                 runners["nativevl --prepack"] = with_packs(mine, packs)
+                packed_floor = packed_floor_runner(ours, batch)
+                if packed_floor is not None:
+                    runners["packed floor"] = packed_floor
             found[batch] = per_step(runners, steps, repeats, device)
             free()
         # every compiled path last: torch.compile leaves worker processes and threads behind that slow what follows
@@ -157,16 +176,29 @@ def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeat
                 ids = text_ids(ours, (batch, PROMPT), seed=batch, device=device)
                 found[batch].update(per_step({"nativevl --compile": ours_runner(ours, ids)}, steps, repeats, device))
             del lm.forward  # the class's eager forward again
+            if packs:  # both switches: the packed products as one opaque operation between fused small ones
+                torch._dynamo.reset()
+                _switch(packs, on=True)
+                lm.forward = torch.compile(lm.forward, dynamic=True)
+                for batch in batches:
+                    ids = text_ids(ours, (batch, PROMPT), seed=batch, device=device)
+                    found[batch].update(per_step({"nativevl --prepack --compile": ours_runner(ours, ids)}, steps,
+                                                 repeats, device))
+                del lm.forward
+                _switch(packs, on=False)
         for batch, engines in found.items():
             base, floor = engines["transformers generate"].median, engines.pop("kernel floor")
+            packed_floor = engines.pop("packed floor", None)
             for engine, t in engines.items():
                 rows.append([name, str(batch), engine, show(t, 1e3), f"{batch / t.median:.1f}",
                              f"{base / t.median:.2f}x", f"{t.median / floor.median:.2f}x",
+                             f"{t.median / packed_floor.median:.2f}x" if packed_floor else "",
                              f"{bound / t.median:.0%}"])
-            notes.append(f"{name} batch {batch}: kernel floor {show(floor, 1e3)} ms, "
-                         f"bandwidth bound {fmt(bound * 1e3)} ms")
+            notes.append(f"{name} batch {batch}: kernel floor {show(floor, 1e3)} ms"
+                         + (f", packed floor {show(packed_floor, 1e3)} ms" if packed_floor else "")
+                         + f", bandwidth bound {fmt(bound * 1e3)} ms")
         del theirs
         free()
     header = ["dtype", "batch", "engine", "ms/step", "tok/s", "vs transformers generate", "/ kernel floor",
-              "of bandwidth bound"]
+              "/ packed floor", "of bandwidth bound"]
     return table(header, rows) + "\n\n" + "; ".join(notes) + "."

@@ -3,7 +3,8 @@
 - read bandwidth: a sum over a tensor far larger than the caches (each byte read once);
 - matmul FLOP/s: one large product per dtype (the prefill ceiling);
 - the kernel floor of a decode step: the language model's matrix products alone, on the model's own weights,
-  for a batch of B single-token rows (no attention, norms, rotary or Python around them).
+  for a batch of B single-token rows (no attention, norms, rotary or Python around them); on a CPU also the
+  packed floor, the same products as `prepack_linears` makes them (oneDNN-packed, q/k/v and gate/up as one).
 """
 
 from __future__ import annotations
@@ -60,5 +61,33 @@ def floor_runner(weights: list[torch.Tensor], batch: int) -> Callable[[int], Non
         for _ in range(n):
             for w in weights:
                 F.linear(inputs[w.shape[1]], w)
+
+    return run
+
+
+def packed_floor_runner(model: torch.nn.Module, batch: int) -> Callable[[int], None] | None:
+    """`run(n)`: n decode steps' products as `--prepack` makes them (each decoder layer's q/k/v, o, gate/up and
+    down, then the output head, as `PackedLinear`s of the model's own weights), or None where nothing packs."""
+    from nativevl.model.layers import PackedLinear
+
+    lm = model.language_model
+    if not torch.backends.mkldnn.is_available() or lm.lm_head.weight.device.type != "cpu":
+        return None
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    groups = [g for layer in lm.model.layers
+              for g in ([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj],
+                        [layer.self_attn.o_proj], [layer.mlp.gate_proj, layer.mlp.up_proj], [layer.mlp.down_proj])]
+    groups.append([lm.lm_head])
+    products = [PackedLinear(g, native) for g in groups]
+    x = {g[0].in_features: torch.randn(batch, g[0].in_features, dtype=lm.lm_head.weight.dtype) for g in groups}
+    with torch.inference_mode():
+        if not all(p.takes(x[g[0].in_features]) for p, g in zip(products, groups, strict=True)):
+            return None
+
+    @torch.inference_mode()
+    def run(n: int) -> None:
+        for _ in range(n):
+            for p, g in zip(products, groups, strict=True):
+                p(x[g[0].in_features])
 
     return run

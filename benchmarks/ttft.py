@@ -55,6 +55,7 @@ def run(model, dtype: torch.dtype, tile_counts: list[int], repeats: int, flops: 
     ours = model.to(dtype)
     theirs = transformers_twin(ours, dtype, device)
     packs = prepacked_forwards(ours) if device == "cpu" else {}
+    widened = dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
     rows, notes = [], []
     for i, tiles in enumerate(tile_counts):
         ids, pixels = prompt(ours, tiles, device)
@@ -79,7 +80,7 @@ def run(model, dtype: torch.dtype, tile_counts: list[int], repeats: int, flops: 
             notes.append(f"{tiles} tile(s): the first tokens differ")
         work = prefill_flops(ours, tiles, ids.shape[1])
         for engine, t in found.items():
-            ceiling = work / flops[torch.float32 if engine.endswith("--prepack") else dtype]
+            ceiling = work / flops[torch.float32 if widened and engine.endswith("--prepack") else dtype]
             rows.append([str(dtype).removeprefix("torch."), str(tiles), str(ids.shape[1]), engine, show(t, 1e3),
                          f"{found['transformers'].median / t.median:.2f}x", fmt(ceiling * 1e3),
                          f"{ceiling / t.median:.0%}"])

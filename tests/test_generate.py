@@ -146,6 +146,25 @@ def test_compiled_decoder_generates_what_transformers_does(pair):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
 
 
+def test_compiled_prepacked_decoder_generates_what_transformers_does(pair):
+    """`--prepack --compile` on CPU: the packed products reach torch.compile as one opaque operation
+    (`nativevl::packed_product`) between the fused small operations; greedy tokens equal transformers'."""
+    import copy
+
+    from nativevl.model.layers import prepack_linears
+
+    hf, ours = pair
+    model = copy.deepcopy(ours)
+    prepack_linears(model)
+    model.language_model.compile(dynamic=True)
+    torch._dynamo.utils.counters.clear()
+    check_padded_batch_then_one_row(hf, model)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
+    with torch.profiler.profile() as prof:
+        generate(model, prompt([1], seed=5), pixel_values=pixels(1), max_new_tokens=3)
+    assert any(e.name == "nativevl::packed_product" for e in prof.events())
+
+
 def test_static_cache_decoder_generates_what_transformers_does(pair, tmp_path):
     """GraphDecoder (CUDA's compiled decode over a fixed-size cache; here its step runs eagerly on the CPU, the
     graph capture itself is checked by benchmarks/gpu_check.py): greedy tokens for a left-padded batch with
@@ -183,12 +202,20 @@ def test_static_cache_decoder_generates_what_transformers_does(pair, tmp_path):
             eager_logits = decode_one_token(long_model, eager, token, None, position)
             torch.testing.assert_close(static_logits, eager_logits, rtol=1e-5, atol=1e-5)
 
+def _products(fn) -> int:  # noqa: ANN001
+    """How many oneDNN packed products `fn()` ran."""
+    with torch.profiler.profile() as prof:
+        fn()
+    return sum("_linear_pointwise" in e.name for e in prof.events())
+
+
 def test_prepacked_weights_generate_what_transformers_does(pair):
     """`--prepack` (oneDNN-packed float32 weights on CPU): logits within float32 rounding of the plain model,
-    greedy tokens equal transformers'; with gradients enabled the layers fall back to their own weights."""
+    greedy tokens equal transformers'; q/k/v and gate/up run as one product each; above PACKED_MAX_ROWS and
+    with gradients enabled the layers fall back to their own weights."""
     import copy
 
-    from nativevl.model.layers import prepack_linears
+    from nativevl.model.layers import PACKED_MAX_ROWS, prepack_linears
 
     hf, ours = pair
     model = copy.deepcopy(ours)
@@ -201,52 +228,69 @@ def test_prepacked_weights_generate_what_transformers_does(pair):
     assert not torch.equal(plain, packed)  # the packed kernels really ran (their sums round differently)
     torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-5)
     assert generate(model, a, pixel_values=pv, max_new_tokens=10).tolist() == ref.tolist()
-    layer = model.language_model.model.layers[0].mlp.up_proj
+    layer = model.language_model.model.layers[0]
+    plain_layer = ours.language_model.model.layers[0]
     with torch.no_grad():
-        for rows in (1, 256, 257):  # above PACKED_MAX_ROWS (a prefill, a ViT tile) MKL's product is faster
-            x = torch.randn(rows, layer.in_features)
-            with torch.profiler.profile() as prof:
-                got = layer(x)
-            assert any("_linear_pointwise" in e.name for e in prof.events()) == (rows <= 256)
-            if rows > 256:
-                assert torch.equal(got, torch.nn.functional.linear(x, layer.weight, layer.bias))
+        for rows in (1, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1):  # above: MKL's product is faster (a prefill)
+            x = torch.randn(1, rows, layer.mlp.up_proj.in_features)
+            assert _products(lambda: layer.mlp(x)) == (2 if rows <= PACKED_MAX_ROWS else 0)  # gate/up, down
+            got = layer.mlp(x)
+            if rows > PACKED_MAX_ROWS:
+                assert torch.equal(got, plain_layer.mlp(x))
+            else:
+                torch.testing.assert_close(got, plain_layer.mlp(x), rtol=1e-5, atol=1e-6)
+        x = torch.randn(1, 1, layer.self_attn.q_proj.in_features)
+        from nativevl.model.text import attention_inputs
+
+        inputs = attention_inputs(model.config.text, torch.zeros(1, 1), None, 0, torch.float32)
+        assert _products(lambda: layer.self_attn(x, inputs, None)) == 2  # q/k/v as one, then o
+        torch.testing.assert_close(layer.self_attn(x, inputs, None), plain_layer.self_attn(x, inputs, None),
+                                   rtol=1e-5, atol=1e-6)
     loss = model(a, pixel_values=pv, labels=a).loss
     loss.backward()
     assert model.language_model.lm_head.weight.grad is not None
 
 
-def test_prepacked_bf16_layers_widen_only_from_four_rows(pair):
-    """`--prepack` on a bf16 model, on a CPU without native bf16 products: 1-3 rows stay on torch's bf16 kernel
-    (bit-identical), from 4 rows the product runs widened to float32 on the packed copy; a whole model's logits
-    stay within bf16 rounding of the plain model's. On a CPU with native bf16 nothing is packed."""
+def test_prepacked_bf16_follows_the_cpu(pair):
+    """`--prepack` on a bf16 model. Without native bf16 products (forced here, so every CPU checks it): 1-3
+    rows stay on torch's bf16 kernel (bit-identical), from 4 rows the product runs widened to float32 on the
+    packed copy. With them (where this CPU has them; otherwise the default must choose widening): every row
+    count runs the packed bf16 product, and the whole model's logits equal the plain model's."""
     import copy
 
     from nativevl.model.layers import BF16_PACKED_MIN_ROWS, prepack_linears
 
     _, ours = pair
-    model = copy.deepcopy(ours).to(torch.bfloat16)
-    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-    count = prepack_linears(model)
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        assert count == 0
-        return
-    assert count == linears and BF16_PACKED_MIN_ROWS == 4
-    layer = model.language_model.model.layers[0].self_attn.q_proj
+    plain = copy.deepcopy(ours).to(torch.bfloat16)
+    linears = sum(isinstance(m, torch.nn.Linear) for m in plain.modules())
+    widened = copy.deepcopy(plain)
+    assert prepack_linears(widened, native_bf16=False) == linears and BF16_PACKED_MIN_ROWS == 4
+    layer, plain_layer = widened.language_model.model.layers[0].self_attn.o_proj, plain.language_model.model.layers[0].self_attn.o_proj
     torch.manual_seed(0)
+    a, pv = prompt([1], seed=5), pixels(1).to(torch.bfloat16)
     with torch.no_grad():
         for rows in (1, 3, 4, 9):
             x = torch.randn(1, rows, layer.in_features, dtype=torch.bfloat16)
-            with torch.profiler.profile() as prof:
-                got = layer(x)
-            ran_packed = any("_linear_pointwise" in e.name for e in prof.events())
-            assert got.dtype == torch.bfloat16 and ran_packed == (rows >= 4)
+            assert _products(lambda: layer(x)) == (rows >= 4)
+            got = layer(x)
+            assert got.dtype == torch.bfloat16
             if rows < 4:
-                assert torch.equal(got, torch.nn.functional.linear(x, layer.weight, layer.bias))
+                assert torch.equal(got, plain_layer(x))
             else:  # exact products of bf16 values, float32 sums, one rounding to bf16
-                widened = (x.float() @ layer.weight.float().T + layer.bias.float()).to(torch.bfloat16)
-                torch.testing.assert_close(got, widened, rtol=2**-7, atol=1e-6)
-        a, pv = prompt([1], seed=5), pixels(1).to(torch.bfloat16)
-        plain = copy.deepcopy(ours).to(torch.bfloat16)(a, pixel_values=pv).logits
-        packed = model(a, pixel_values=pv).logits
-    assert not torch.equal(plain, packed)
-    torch.testing.assert_close(packed.float(), plain.float(), rtol=0.05, atol=0.05)
+                wide = (x.float() @ layer.weight.float().T).to(torch.bfloat16)
+                torch.testing.assert_close(got, wide, rtol=2**-7, atol=1e-6)
+        reference = plain(a, pixel_values=pv).logits
+        packed = widened(a, pixel_values=pv).logits
+        assert not torch.equal(reference, packed)
+        torch.testing.assert_close(packed.float(), reference.float(), rtol=0.05, atol=0.05)
+
+        native = copy.deepcopy(plain)
+        count = prepack_linears(native)
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            assert _products(lambda: native.language_model.model.layers[0].self_attn.o_proj(x[:, :1])) == 0
+            return
+        assert count == linears
+        for rows in (1, 9):
+            x = torch.randn(1, rows, layer.in_features, dtype=torch.bfloat16)
+            assert _products(lambda: native.language_model.model.layers[0].self_attn.o_proj(x)) == 1
+        assert torch.equal(native(a, pixel_values=pv).logits, reference)

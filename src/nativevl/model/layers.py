@@ -17,10 +17,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # torch's rms_norm computes in float32 for half-precision inputs and rounds once: bit-identical to
+        # `(x.float() * rsqrt(mean(x.float()**2) + eps)).to(x.dtype)`, in one operation instead of seven
+        return self.weight * nn.functional.rms_norm(x, (x.shape[-1],), eps=self.eps)
 
 
 def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
@@ -57,56 +56,108 @@ class DropPath(nn.Module):
         return f"rate={self.rate:.3f}"
 
 
-def prepack_linears(module: nn.Module) -> int:
-    """CPU inference: give each float32 or bfloat16 nn.Linear a float32 copy of its weight laid out in oneDNN's
-    blocked format (what inductor does to weights when it freezes a graph) and multiply with that copy where it
-    is faster than torch's default kernel (measured on a 2-core AVX2 CPU, the InternVL3-1B shape):
+def prepack_linears(module: nn.Module, native_bf16: bool | None = None) -> int:
+    """CPU inference: multiply with copies of the nn.Linear weights laid out in oneDNN's blocked format (what
+    inductor does to weights when it freezes a graph) where that is faster than torch's default kernel, and
+    with one copy for the layers a module lists in `PACKED_TOGETHER` (q/k/v, gate/up: layers that read the same
+    input), so a decode step makes one product where it made three. Measured at the InternVL3-1B shape:
 
-    - float32, up to PACKED_MAX_ROWS rows: a decode step 1.6x faster at batch 1 and 1.8x at batch 8;
-    - bfloat16 on a CPU without native bf16 products (no AVX-512 BF16/AMX), from BF16_PACKED_MIN_ROWS rows:
-      torch's bf16 product there costs time in proportion to the rows (batch 8 took 2.1x float32-packed's
-      time, a prefill about 6x), so the input is widened to float32, multiplied, and the result rounded back.
-      The products of bf16 values are exact in float32 and both kernels accumulate in float32: only the
-      summation order differs. At 1-2 rows the bf16 kernel, reading half the bytes, stays.
+    - float32, up to PACKED_MAX_ROWS rows: a decode step 1.5x faster at batch 1 and 8 (2-core AVX2 CPU);
+    - bfloat16 on a CPU with native bf16 products (AVX-512 BF16, AMX), at every row count: packed in bf16, the
+      same sums as torch's kernel (bit-identical here), a decode step's products 1.5x faster at batch 1 and
+      1.7x at batch 8, a prefill's 1.03-1.1x (2-core AVX-512 BF16 CPU);
+    - bfloat16 on a CPU without them, from BF16_PACKED_MIN_ROWS rows: torch's bf16 product there costs time in
+      proportion to the rows (batch 8 took 2.1x float32-packed's time, a prefill about 6x), so the input is
+      widened to float32, multiplied, and the result rounded back. The products of bf16 values are exact in
+      float32 and both kernels accumulate in float32: only the summation order differs. At 1-3 rows the bf16
+      kernel, reading half the bytes, stays.
 
-    The copies cost memory (float32: as much again as the packed weights; bfloat16: twice as much again) and are
-    not updated if the weights change: pack a model after loading, moving and casting it. With gradients enabled
-    the layers use their own weights, so training a packed model stays correct. Returns the number of layers
-    packed."""
+    `native_bf16`: whether this CPU multiplies bf16 natively (default: ask oneDNN). The copies cost memory (as
+    much again as the packed weights; twice as much for widened bf16) and are not updated if the weights
+    change: pack a model after loading, moving and casting it. With gradients enabled the layers use their own
+    weights, so training a packed model stays correct. Returns the number of nn.Linear layers packed."""
     if not torch.backends.mkldnn.is_available():
         raise RuntimeError("this torch build has no oneDNN (mkldnn) CPU kernels to pack weights for")
-    widen_bf16 = not torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    count = 0
+    if native_bf16 is None:
+        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    packed: set[nn.Linear] = set()
+    for owner in module.modules():
+        names = getattr(owner, "PACKED_TOGETHER", ())
+        layers = [getattr(owner, name) for name in names]
+        if layers and _packable(layers, native_bf16):
+            owner.packed = PackedLinear(layers, native_bf16)
+            packed.update(layers)
     for layer in module.modules():
-        if not isinstance(layer, nn.Linear) or layer.weight.device.type != "cpu":
-            continue
-        if layer.weight.dtype == torch.float32:
-            rows = (1, PACKED_MAX_ROWS)
-        elif layer.weight.dtype == torch.bfloat16 and widen_bf16:
-            rows = (BF16_PACKED_MIN_ROWS, None)
-        else:
-            continue
-        packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach().float(), 1)
-        bias = None if layer.bias is None else layer.bias.detach().float()
-        # an instance attribute shadows Linear.forward
-        layer.forward = partial(_packed_linear, layer, packed, bias, rows)
-        count += 1
-    return count
+        if isinstance(layer, nn.Linear) and layer not in packed and _packable([layer], native_bf16):
+            # an instance attribute shadows Linear.forward
+            layer.forward = partial(_single, PackedLinear([layer], native_bf16), layer)
+            packed.add(layer)
+    return len(packed)
 
 
 # Above this many rows (a prefill, a ViT tile) the float32 packed product is no faster than MKL's and at 512
 # rows up to 1.5x slower (the 1B shape's matrices; a 1-tile prompt's first token took 7.1 s packed, 6.1 s not).
 PACKED_MAX_ROWS = 256
-# From this many rows a bf16 layer is faster widened to float32 and packed (24 of the 1B shape's matrices:
-# 2 rows 15 ms bf16 vs 24 ms widened; 4 rows 30 vs 26 ms; 8 rows 59 vs 28 ms).
+# From this many rows a bf16 layer on a CPU without native bf16 is faster widened to float32 and packed (24 of
+# the 1B shape's matrices: 2 rows 15 ms bf16 vs 24 ms widened; 4 rows 30 vs 26 ms; 8 rows 59 vs 28 ms).
 BF16_PACKED_MIN_ROWS = 4
 
 
-def _packed_linear(layer: nn.Linear, packed: torch.Tensor, bias: torch.Tensor | None,
-                   rows: tuple[int, int | None], x: torch.Tensor) -> torch.Tensor:
-    n = x.numel() // x.shape[-1]
-    low, high = rows
-    if torch.is_grad_enabled() or x.dtype != layer.weight.dtype or n < low or (high is not None and n > high):
-        return nn.functional.linear(x, layer.weight, layer.bias)
-    out = torch.ops.mkldnn._linear_pointwise(x.float().contiguous(), packed, bias, "none", [], "")
-    return out.to(x.dtype)
+def _packable(layers: list[nn.Linear], native_bf16: bool) -> bool:
+    weights = [layer.weight for layer in layers]
+    return (all(isinstance(layer, nn.Linear) for layer in layers)
+            and len({(w.dtype, w.device.type, w.shape[1]) for w in weights}) == 1
+            and weights[0].device.type == "cpu" and weights[0].dtype in (torch.float32, torch.bfloat16))
+
+
+class PackedLinear:
+    """The products of one or more nn.Linear layers that read the same input, as one oneDNN product with their
+    weights stacked and packed (see `prepack_linears`). Call it only where `takes(x)`; it returns the layers'
+    outputs side by side in the last dimension, in their order."""
+
+    def __init__(self, layers: list[nn.Linear], native_bf16: bool) -> None:
+        first = layers[0].weight
+        self.dtype = first.dtype
+        self.compute = torch.bfloat16 if first.dtype == torch.bfloat16 and native_bf16 else torch.float32
+        self.rows = ((1, PACKED_MAX_ROWS) if first.dtype == torch.float32 else
+                     (1, None) if native_bf16 else (BF16_PACKED_MIN_ROWS, None))
+        self.sizes = [layer.out_features for layer in layers]
+        weight = torch.cat([layer.weight.detach() for layer in layers]).to(self.compute)
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        self.bias = None
+        if any(layer.bias is not None for layer in layers):  # a layer without one adds zeros
+            self.bias = torch.cat([layer.bias.detach() if layer.bias is not None else first.new_zeros(n)
+                                   for layer, n in zip(layers, self.sizes, strict=True)]).to(self.compute)
+
+    def takes(self, x: torch.Tensor) -> bool:
+        n = x.numel() // x.shape[-1]
+        low, high = self.rows
+        return not torch.is_grad_enabled() and x.dtype == self.dtype and n >= low and (high is None or n <= high)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # under torch.compile through the custom operation below; eagerly straight to oneDNN (a custom
+        # operation's Python wrapper costs 6 us a call, 0.6 ms a decode step of the 1B shape)
+        product = packed_product if torch.compiler.is_compiling() else _packed_product
+        return product(x.to(self.compute), self.weight, self.bias).to(self.dtype)
+
+
+def _packed_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
+
+
+@torch.library.custom_op("nativevl::packed_product", mutates_args=())
+def packed_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ W.T + b with W in oneDNN's packed layout; an opaque operation to torch.compile, which cannot take a
+    packed weight as a graph input (its own oneDNN lowering wants the weight frozen into the graph)."""
+    return _packed_product(x, weight, bias)
+
+
+@packed_product.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+def _single(packed: PackedLinear, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if packed.takes(x):
+        return packed(x)
+    return nn.functional.linear(x, layer.weight, layer.bias)

@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nativevl.config import TextConfig
 from nativevl.model.attention import AttentionInputs, attend
-from nativevl.model.layers import RMSNorm, activation
+from nativevl.model.layers import PackedLinear, RMSNorm, activation
 
 
 # --- rotary position embedding ------------------------------------------------------------------------------
@@ -44,25 +44,21 @@ def rope_inv_freq(cfg: TextConfig, position_ids: torch.Tensor) -> torch.Tensor:
 def rope_cos_sin(
     cfg: TextConfig, position_ids: torch.Tensor, dtype: torch.dtype, inv_freq: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (B, L, head_dim) for float or integer positions (B, L), computed in float32 as
-    transformers does (so a V2PE step of 1/256 is resolved exactly only below 65,536). `inv_freq`: the
-    frequencies already chosen for these positions (a captured graph cannot branch on the positions)."""
+    """The rotary tables `apply_rope` takes, (B, 1, L, head_dim) each, for float or integer positions (B, L),
+    computed in float32 as transformers does (so a V2PE step of 1/256 is resolved exactly only below 65,536):
+    cos, and sin with its first half negated (the sign rotate-half puts on the second half of x).
+    `inv_freq`: the frequencies already chosen for these positions (a captured graph cannot branch on them)."""
     if inv_freq is None:
         inv_freq = rope_inv_freq(cfg, position_ids)
-    freqs = position_ids.float()[..., None] * inv_freq
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
+    freqs = position_ids.float()[:, None, :, None] * inv_freq
+    return torch.cat([freqs, freqs], dim=-1).cos().to(dtype), torch.cat([-freqs, freqs], dim=-1).sin().to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, L, D); cos/sin (B, L, D)."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return x * cos + _rotate_half(x) * sin
+    """x (B, H, L, D) rotated by the tables of `rope_cos_sin`: x * cos + rotate_half(x) * sin, where
+    rotate_half(x) = (-x2, x1). With the sign folded into sin that is a roll of x by D/2 (negation is exact, so
+    the result is bit-identical to transformers'), four operations instead of seven."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 # --- KV cache -----------------------------------------------------------------------------------------------
@@ -176,6 +172,8 @@ def attention_inputs(
 
 
 class Attention(nn.Module):
+    PACKED_TOGETHER = ("q_proj", "k_proj", "v_proj")  # one product after `prepack_linears` (model/layers.py)
+
     def __init__(self, cfg: TextConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -188,13 +186,18 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.num_kv_heads * hd, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(d, self.num_kv_heads * hd, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.num_heads * hd, d, bias=False)
+        self.packed: PackedLinear | None = None
 
     def forward(self, x: torch.Tensor, a: AttentionInputs, cache: KVCache | None) -> torch.Tensor:
         b, length, _ = x.shape
-        q = self.q_proj(x).view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, a.cos, a.sin), apply_rope(k, a.cos, a.sin)
+        if self.packed is not None and self.packed.takes(x):
+            qkv = self.packed(x)  # the three products as one (prepack_linears)
+        else:
+            qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
+        heads = qkv.view(b, length, -1, self.head_dim).transpose(1, 2)  # (B, H + 2 Hkv, L, D)
+        nq, nqk = self.num_heads, self.num_heads + self.num_kv_heads
+        qk = apply_rope(heads[:, :nqk], a.cos, a.sin)  # queries and keys rotated in one go
+        q, k, v = qk[:, :nq], qk[:, nq:], heads[:, nqk:]
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         out = attend(q, k, v, a, self.dropout if self.training else 0.0)
@@ -202,15 +205,22 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    PACKED_TOGETHER = ("gate_proj", "up_proj")
+
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
         self.act = activation(cfg.hidden_act)
+        self.packed: PackedLinear | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        if self.packed is not None and self.packed.takes(x):
+            gate, up = self.packed(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(self.act(gate) * up)
 
 
 class DecoderLayer(nn.Module):
