@@ -228,8 +228,8 @@ def _speed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the language model: faster decoding after a compilation of a minute or two")
     p.add_argument("--prepack", action="store_true",
-                   help="float32 on CPU: multiply with oneDNN-packed weights (1.4-2x faster decoding; a second "
-                   "copy of the weights in memory)")
+                   help="CPU, float32 or bf16: multiply with oneDNN-packed weights, q/k/v and gate/up as one "
+                   "product (1.5-2x faster decoding; a second copy of the weights in memory)")
 
 
 def build_parser() -> argparse.ArgumentParser:

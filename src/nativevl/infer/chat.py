@@ -257,7 +257,7 @@ def _device(model: InternVL) -> torch.device:
 def speed_up(model: InternVL, prepack: bool = False, compile: bool = False) -> InternVL:
     """The opt-in speed switches of `chat` and `serve` (docs/inference.md), applied after loading and casting.
 
-    prepack: float32 on CPU, multiply with oneDNN-packed copies of the weights (model/layers.py).
+    prepack: on CPU (float32 or bf16), multiply with oneDNN-packed copies of the weights (model/layers.py).
     compile: gpt-fast's recipe, the whole decoder compiled so the small operations between the matrix products
     fuse; dynamic shapes make one compilation serve every prompt length, cache length and batch size. (On CUDA
     the faster route is a CUDA-graph decode, `infer.generate.GraphDecoder`; it becomes this switch's CUDA path

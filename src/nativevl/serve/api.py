@@ -67,7 +67,7 @@ class ServeConfig:
     device: str | None = None
     v2pe_delta: float | None = None
     compile: bool = False  # torch.compile the language model (dynamic shapes): faster decode after a warm-up
-    prepack: bool = False  # float32 on CPU: oneDNN-packed Linear weights (a second copy of them)
+    prepack: bool = False  # CPU: oneDNN-packed Linear weights (a second copy of them)
 
 
 class ApiError(Exception):
