@@ -68,17 +68,13 @@ def floor_runner(weights: list[torch.Tensor], batch: int) -> Callable[[int], Non
 def packed_floor_runner(model: torch.nn.Module, batch: int) -> Callable[[int], None] | None:
     """`run(n)`: n decode steps' products as `--prepack` makes them (each decoder layer's q/k/v, o, gate/up and
     down, then the output head, as `PackedLinear`s of the model's own weights), or None where nothing packs."""
-    from nativevl.model.layers import PackedLinear
+    from nativevl.model.layers import PackedLinear, cpu_multiplies_bf16, packed_groups
 
     lm = model.language_model
     if not torch.backends.mkldnn.is_available() or lm.lm_head.weight.device.type != "cpu":
         return None
-    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    groups = [g for layer in lm.model.layers
-              for g in ([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj],
-                        [layer.self_attn.o_proj], [layer.mlp.gate_proj, layer.mlp.up_proj], [layer.mlp.down_proj])]
-    groups.append([lm.lm_head])
-    products = [PackedLinear(g, native) for g in groups]
+    groups = [layers for _, layers in packed_groups(lm)]  # each block's q/k/v, o, gate/up, down; the head
+    products = [PackedLinear(g, cpu_multiplies_bf16()) for g in groups]
     x = {g[0].in_features: torch.randn(batch, g[0].in_features, dtype=lm.lm_head.weight.dtype) for g in groups}
     with torch.inference_mode():
         if not all(p.takes(x[g[0].in_features]) for p, g in zip(products, groups, strict=True)):

@@ -51,11 +51,12 @@ def run(model, dtype: torch.dtype, tile_counts: list[int], repeats: int, flops: 
     `--prepack` is float32's: on a CPU without native bf16 products it multiplies bf16 layers in float32."""
     from benchmarks.decode import prepacked_forwards, with_packs
     from nativevl.infer.generate import generate
+    from nativevl.model.layers import cpu_multiplies_bf16
 
     ours = model.to(dtype)
     theirs = transformers_twin(ours, dtype, device)
     packs = prepacked_forwards(ours) if device == "cpu" else {}
-    widened = dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    widened = dtype == torch.bfloat16 and not cpu_multiplies_bf16()
     rows, notes = [], []
     for i, tiles in enumerate(tile_counts):
         ids, pixels = prompt(ours, tiles, device)

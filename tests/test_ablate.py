@@ -63,7 +63,7 @@ def test_prm_auc_counts_right_over_wrong_pairs():
             {"candidates": [candidate(0, 0.5, "7", "7"), candidate(1, 0.7, "2", "7"), candidate(2, 0.1, "2", "7")]}]
     # right: 0.9, 0.5; wrong: 0.5, 0.7, 0.1 -> 0.9 beats all three; 0.5 ties 0.5, loses to 0.7, beats 0.1
     assert score_auc(rows) == (3 + 0.5 + 1) / 6
-    assert score_auc(rows[:1][:0] + [{"candidates": [candidate(0, 0.2, "1", "1")]}]) is None
+    assert score_auc([{"candidates": [candidate(0, 0.2, "1", "1")]}]) is None  # no wrong sample
 
 
 def test_v2pe_span_and_the_delta_chosen_by_length():

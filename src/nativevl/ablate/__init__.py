@@ -34,7 +34,6 @@ def run_ablation(name: str, seeds: int = 3, work: str | Path = "runs/ablate", do
         raise KeyError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}")
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
-    ctx = Context(name, list(range(seeds)), Path(work), Path(docs), steps_scale, world_scale, eval_limit, progress)
     if report_only:
         raw = Path(docs) / f"{name}.json"
         if not raw.is_file():
@@ -43,4 +42,5 @@ def run_ablation(name: str, seeds: int = 3, work: str | Path = "runs/ablate", do
         ctx = Context(name, last["seeds"], Path(work), Path(docs), last["steps_scale"], last["world_scale"],
                       minutes=last["minutes"])
         return MODULES[name].report(ctx, last["per_seed"])
-    return ABLATIONS[name](ctx)
+    return ABLATIONS[name](Context(name, list(range(seeds)), Path(work), Path(docs), steps_scale, world_scale,
+                                   eval_limit, progress))

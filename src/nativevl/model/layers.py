@@ -79,20 +79,39 @@ def prepack_linears(module: nn.Module, native_bf16: bool | None = None) -> int:
     if not torch.backends.mkldnn.is_available():
         raise RuntimeError("this torch build has no oneDNN (mkldnn) CPU kernels to pack weights for")
     if native_bf16 is None:
-        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    packed: set[nn.Linear] = set()
-    for owner in module.modules():
-        names = getattr(owner, "PACKED_TOGETHER", ())
-        layers = [getattr(owner, name) for name in names]
-        if layers and _packable(layers, native_bf16):
+        native_bf16 = cpu_multiplies_bf16()
+    count = 0
+    for owner, layers in packed_groups(module):
+        if len(layers) > 1 and _packable(layers):
             owner.packed = PackedLinear(layers, native_bf16)
-            packed.update(layers)
-    for layer in module.modules():
-        if isinstance(layer, nn.Linear) and layer not in packed and _packable([layer], native_bf16):
-            # an instance attribute shadows Linear.forward
-            layer.forward = partial(_single, PackedLinear([layer], native_bf16), layer)
-            packed.add(layer)
-    return len(packed)
+            count += len(layers)
+            continue
+        for layer in layers:  # alone, or a group whose layers cannot share one copy
+            if _packable([layer]):
+                # an instance attribute shadows Linear.forward
+                layer.forward = partial(_single, PackedLinear([layer], native_bf16), layer)
+                count += 1
+    return count
+
+
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU has native bf16 products (AVX-512 BF16 or AMX), as oneDNN reports it."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def packed_groups(module: nn.Module) -> list[tuple[nn.Module, list[nn.Linear]]]:
+    """The products `prepack_linears` makes, in forward order: (a module, the layers it lists in
+    `PACKED_TOGETHER`) for each such module, and (layer, [layer]) for every other nn.Linear."""
+    groups: list[tuple[nn.Module, list[nn.Linear]]] = []
+    grouped: set[nn.Module] = set()
+    for m in module.modules():  # a module comes before its children
+        layers = [getattr(m, name) for name in getattr(m, "PACKED_TOGETHER", ())]
+        if layers:
+            groups.append((m, layers))
+            grouped.update(layers)
+        elif isinstance(m, nn.Linear) and m not in grouped:
+            groups.append((m, [m]))
+    return groups
 
 
 # Above this many rows (a prefill, a ViT tile) the float32 packed product is no faster than MKL's and at 512
@@ -103,7 +122,7 @@ PACKED_MAX_ROWS = 256
 BF16_PACKED_MIN_ROWS = 4
 
 
-def _packable(layers: list[nn.Linear], native_bf16: bool) -> bool:
+def _packable(layers: list[nn.Linear]) -> bool:
     weights = [layer.weight for layer in layers]
     return (all(isinstance(layer, nn.Linear) for layer in layers)
             and len({(w.dtype, w.device.type, w.shape[1]) for w in weights}) == 1
@@ -121,13 +140,12 @@ class PackedLinear:
         self.compute = torch.bfloat16 if first.dtype == torch.bfloat16 and native_bf16 else torch.float32
         self.rows = ((1, PACKED_MAX_ROWS) if first.dtype == torch.float32 else
                      (1, None) if native_bf16 else (BF16_PACKED_MIN_ROWS, None))
-        self.sizes = [layer.out_features for layer in layers]
         weight = torch.cat([layer.weight.detach() for layer in layers]).to(self.compute)
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
         self.bias = None
         if any(layer.bias is not None for layer in layers):  # a layer without one adds zeros
-            self.bias = torch.cat([layer.bias.detach() if layer.bias is not None else first.new_zeros(n)
-                                   for layer, n in zip(layers, self.sizes, strict=True)]).to(self.compute)
+            self.bias = torch.cat([layer.bias.detach() if layer.bias is not None
+                                   else first.new_zeros(layer.out_features) for layer in layers]).to(self.compute)
 
     def takes(self, x: torch.Tensor) -> bool:
         n = x.numel() // x.shape[-1]
