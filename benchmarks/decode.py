@@ -81,11 +81,13 @@ def prepacked_forwards(module: torch.nn.Module) -> dict[torch.nn.Module, dict[st
     """What `prepack_linears` set on each module (a linear layer's packed `forward`, a q/k/v or gate/up group's
     `packed` product), taken off again so the plain layers run until `with_packs` switches the packed copies
     on (nothing on a torch without oneDNN or for an unpacked dtype)."""
+    from nativevl import InternVL
+    from nativevl.infer.chat import prepack
     from nativevl.model.layers import prepack_linears
 
     if not torch.backends.mkldnn.is_available():
         return {}
-    prepack_linears(module)
+    prepack(module) if isinstance(module, InternVL) else prepack_linears(module)
     packs = {}
     for m in module.modules():
         found = {name: m.__dict__[name] for name in ("forward", "packed") if m.__dict__.get(name) is not None}

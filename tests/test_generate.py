@@ -165,6 +165,27 @@ def test_compiled_prepacked_decoder_generates_what_transformers_does(pair):
     assert any(e.name == "nativevl::packed_product" for e in prof.events())
 
 
+def test_compiled_bf16_decoder_runs_the_one_row_kernel(pair):
+    """`--prepack --compile` on a bf16 model where the CPU has AVX-512 BF16: decode steps reach torch.compile's
+    graph as the one-row kernel (`nativevl_cpu::gemv_bf16`, its output's shape registered for the compiler),
+    and greedy tokens equal the eager packed model's. Elsewhere: no kernel, oneDNN's products compile."""
+    import copy
+
+    from nativevl.infer.chat import prepack
+    from nativevl.model import gemv
+
+    _, ours = pair
+    eager = copy.deepcopy(ours).to(torch.bfloat16)
+    compiled = copy.deepcopy(eager)  # before packing: oneDNN's packed tensors cannot be copied
+    prepack(eager), prepack(compiled)
+    compiled.language_model.compile(dynamic=True)
+    a, pv = prompt([1], seed=5), pixels(1).to(torch.bfloat16)
+    with torch.profiler.profile() as prof:
+        tokens = generate(compiled, a, pixel_values=pv, max_new_tokens=6)
+    assert any(e.name == "nativevl_cpu::gemv_bf16" for e in prof.events()) == gemv.available()
+    assert tokens.tolist() == generate(eager, a, pixel_values=pv, max_new_tokens=6).tolist()
+
+
 def test_static_cache_decoder_generates_what_transformers_does(pair, tmp_path):
     """GraphDecoder (CUDA's compiled decode over a fixed-size cache; here its step runs eagerly on the CPU, the
     graph capture itself is checked by benchmarks/gpu_check.py): greedy tokens for a left-padded batch with
@@ -202,11 +223,17 @@ def test_static_cache_decoder_generates_what_transformers_does(pair, tmp_path):
             eager_logits = decode_one_token(long_model, eager, token, None, position)
             torch.testing.assert_close(static_logits, eager_logits, rtol=1e-5, atol=1e-5)
 
-def _products(fn) -> int:  # noqa: ANN001
-    """How many oneDNN packed products `fn()` ran."""
+def _products(fn, kind: str = "_linear_pointwise") -> int:  # noqa: ANN001
+    """How many oneDNN packed products (or, kind="gemv_bf16", one-row kernel products) `fn()` ran."""
     with torch.profiler.profile() as prof:
         fn()
-    return sum("_linear_pointwise" in e.name for e in prof.events())
+    return sum(kind in e.name for e in prof.events())
+
+
+def _packs(module: torch.nn.Module) -> list:
+    """The PackedLinears `prepack_linears` attached under `module` (a group's, or a lone layer's forward's)."""
+    return [m.packed if getattr(m, "packed", None) is not None else m.__dict__["forward"].args[0]
+            for m in module.modules() if getattr(m, "packed", None) is not None or "forward" in m.__dict__]
 
 
 def test_prepacked_weights_generate_what_transformers_does(pair):
@@ -258,10 +285,16 @@ def test_prepacked_bf16_follows_the_cpu(pair):
     count runs the packed bf16 product, and the whole model's logits equal the plain model's."""
     import copy
 
+    from nativevl.infer.chat import prepack
+    from nativevl.model import gemv
     from nativevl.model.layers import BF16_PACKED_MIN_ROWS, prepack_linears
 
     _, ours = pair
     plain = copy.deepcopy(ours).to(torch.bfloat16)
+    with torch.no_grad():  # transformers initialises biases to zero; these must count
+        for m in plain.modules():
+            if isinstance(m, torch.nn.Linear) and m.bias is not None:
+                m.bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(m.out_features))
     linears = sum(isinstance(m, torch.nn.Linear) for m in plain.modules())
     widened = copy.deepcopy(plain)
     assert prepack_linears(widened, native_bf16=False) == linears and BF16_PACKED_MIN_ROWS == 4
@@ -285,12 +318,35 @@ def test_prepacked_bf16_follows_the_cpu(pair):
         torch.testing.assert_close(packed.float(), reference.float(), rtol=0.05, atol=0.05)
 
         native = copy.deepcopy(plain)
-        count = prepack_linears(native)
+        count = prepack(native)
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             assert _products(lambda: native.language_model.model.layers[0].self_attn.o_proj(x[:, :1])) == 0
             return
         assert count == linears
-        for rows in (1, 9):
+        o_proj = native.language_model.model.layers[0].self_attn.o_proj
+        for rows in (1, 9):  # one row: the matrix-vector kernel where it runs (tests/test_gemv.py), else oneDNN
             x = torch.randn(1, rows, layer.in_features, dtype=torch.bfloat16)
-            assert _products(lambda: native.language_model.model.layers[0].self_attn.o_proj(x)) == 1
-        assert torch.equal(native(a, pixel_values=pv).logits, reference)
+            kernel = rows == 1 and gemv.available()
+            assert _products(lambda: o_proj(x)) == (not kernel)
+            assert _products(lambda: o_proj(x), "gemv_bf16") == kernel
+            if kernel:
+                exact = x.double() @ o_proj.weight.double().T
+                torch.testing.assert_close(o_proj(x).double(), exact, rtol=2**-7, atol=1e-6)
+                attn = native.language_model.model.layers[0].self_attn  # q/k/v as one product, with biases
+                qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+                exact = torch.cat([x.double() @ p.weight.double().T + p.bias.double() for p in qkv], -1)
+                torch.testing.assert_close(attn.packed(x).double(), exact, rtol=2**-7, atol=1e-6)
+        # the language model keeps the kernel's copies; the towers that never decode do not
+        assert all((p.vector is not None) == gemv.available() for p in _packs(native.language_model))
+        assert all(p.vector is None for p in _packs(native.vision_model) + _packs(native.mlp1))
+        assert torch.equal(native(a, pixel_values=pv).logits, reference)  # a prompt: oneDNN, the same sums
+        if not gemv.available():
+            return
+        # a decode step through the kernel: the plain bf16 model's logits, to bf16 rounding
+        steps = []
+        for model in (plain, native):
+            cache = model.new_cache(1, a.shape[1] + 1)
+            logits = model(a, pixel_values=pv, cache=cache).logits
+            steps.append(model(logits[:, -1:].argmax(-1), cache=cache).logits)
+        assert _products(lambda: native(a[:, :1]), "gemv_bf16") > 0
+        torch.testing.assert_close(steps[1].float(), steps[0].float(), rtol=2**-7, atol=2e-3)

@@ -7,6 +7,8 @@ from functools import partial
 import torch
 from torch import nn
 
+from nativevl.model import gemv
+
 
 class RMSNorm(nn.Module):
     """`weight * x / rms(x)` with the statistics in float32 (InternRMSNorm and Qwen2RMSNorm agree on this)."""
@@ -56,7 +58,7 @@ class DropPath(nn.Module):
         return f"rate={self.rate:.3f}"
 
 
-def prepack_linears(module: nn.Module, native_bf16: bool | None = None) -> int:
+def prepack_linears(module: nn.Module, native_bf16: bool | None = None, decodes: bool = True) -> int:
     """CPU inference: multiply with copies of the nn.Linear weights laid out in oneDNN's blocked format (what
     inductor does to weights when it freezes a graph) where that is faster than torch's default kernel, and
     with one copy for the layers a module lists in `PACKED_TOGETHER` (q/k/v, gate/up: layers that read the same
@@ -72,9 +74,15 @@ def prepack_linears(module: nn.Module, native_bf16: bool | None = None) -> int:
       float32 and both kernels accumulate in float32: only the summation order differs. At 1-3 rows the bf16
       kernel, reading half the bytes, stays.
 
+    A bf16 product of one row (a decode step at batch 1) on a CPU with AVX-512 BF16 runs on nativevl's own
+    matrix-vector kernel instead (model/gemv.py), with a third copy in its layout: oneDNN's reached 22-25 GB/s
+    of the 28-35 a plain read reaches, the kernel reads at the plain read's speed (a decode step's products at
+    the 1B shape: 37 ms against 47). `decodes=False` skips that copy for modules that never see one row (the
+    vision tower and the projector).
+
     `native_bf16`: whether this CPU multiplies bf16 natively (default: ask oneDNN). The copies cost memory (as
-    much again as the packed weights; twice as much for widened bf16) and are not updated if the weights
-    change: pack a model after loading, moving and casting it. With gradients enabled the layers use their own
+    much again as the packed weights; twice as much for widened bf16 or with the kernel's copy) and are not
+    updated if the weights change: pack a model after loading, moving and casting it. With gradients enabled the layers use their own
     weights, so training a packed model stays correct. Returns the number of nn.Linear layers packed."""
     if not torch.backends.mkldnn.is_available():
         raise RuntimeError("this torch build has no oneDNN (mkldnn) CPU kernels to pack weights for")
@@ -83,13 +91,13 @@ def prepack_linears(module: nn.Module, native_bf16: bool | None = None) -> int:
     count = 0
     for owner, layers in packed_groups(module):
         if len(layers) > 1 and _packable(layers):
-            owner.packed = PackedLinear(layers, native_bf16)
+            owner.packed = PackedLinear(layers, native_bf16, decodes)
             count += len(layers)
             continue
         for layer in layers:  # alone, or a group whose layers cannot share one copy
             if _packable([layer]):
                 # an instance attribute shadows Linear.forward
-                layer.forward = partial(_single, PackedLinear([layer], native_bf16), layer)
+                layer.forward = partial(_single, PackedLinear([layer], native_bf16, decodes), layer)
                 count += 1
     return count
 
@@ -134,7 +142,7 @@ class PackedLinear:
     weights stacked and packed (see `prepack_linears`). Call it only where `takes(x)`; it returns the layers'
     outputs side by side in the last dimension, in their order."""
 
-    def __init__(self, layers: list[nn.Linear], native_bf16: bool) -> None:
+    def __init__(self, layers: list[nn.Linear], native_bf16: bool, decodes: bool = True) -> None:
         first = layers[0].weight
         self.dtype = first.dtype
         self.compute = torch.bfloat16 if first.dtype == torch.bfloat16 and native_bf16 else torch.float32
@@ -146,6 +154,12 @@ class PackedLinear:
         if any(layer.bias is not None for layer in layers):  # a layer without one adds zeros
             self.bias = torch.cat([layer.bias.detach() if layer.bias is not None
                                    else first.new_zeros(layer.out_features) for layer in layers]).to(self.compute)
+        # one bf16 row: the matrix-vector kernel, on its own copy (model/gemv.py)
+        self.vector = self.vector_bias = None
+        self.out_features = weight.shape[0]
+        if decodes and self.compute == torch.bfloat16 and gemv.available():
+            self.vector = gemv.pack(weight)
+            self.vector_bias = None if self.bias is None else gemv.pack_bias(self.bias)
 
     def takes(self, x: torch.Tensor) -> bool:
         n = x.numel() // x.shape[-1]
@@ -155,6 +169,8 @@ class PackedLinear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # under torch.compile through the custom operation below; eagerly straight to oneDNN (a custom
         # operation's Python wrapper costs 6 us a call, 0.6 ms a decode step of the 1B shape)
+        if self.vector is not None and x.numel() == x.shape[-1]:
+            return gemv.product(x, self.vector, self.vector_bias, self.out_features)
         product = packed_product if torch.compiler.is_compiling() else _packed_product
         return product(x.to(self.compute), self.weight, self.bias).to(self.dtype)
 
