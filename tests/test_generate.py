@@ -15,6 +15,8 @@ from transformers import (
 from nativevl import InternVL
 from nativevl.infer.generate import GenerationConfig, generate, process_logits
 
+KERNEL = "nativevl_cpu::gemv"  # the one-row kernel (model/gemv.py) as the profiler names it
+
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
@@ -147,10 +149,12 @@ def test_compiled_decoder_generates_what_transformers_does(pair):
 
 
 def test_compiled_prepacked_decoder_generates_what_transformers_does(pair):
-    """`--prepack --compile` on CPU: the packed products reach torch.compile as one opaque operation
-    (`nativevl::packed_product`) between the fused small operations; greedy tokens equal transformers'."""
+    """`--prepack --compile` on CPU: the packed products reach torch.compile as opaque operations between the
+    fused small operations (a decode step's: the one-row kernel `nativevl_cpu::gemv` where the CPU has
+    AVX-512, else `nativevl::packed_product`); greedy tokens equal transformers'."""
     import copy
 
+    from nativevl.model import gemv
     from nativevl.model.layers import prepack_linears
 
     hf, ours = pair
@@ -162,27 +166,32 @@ def test_compiled_prepacked_decoder_generates_what_transformers_does(pair):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
     with torch.profiler.profile() as prof:
         generate(model, prompt([1], seed=5), pixel_values=pixels(1), max_new_tokens=3)
-    assert any(e.name == "nativevl::packed_product" for e in prof.events())
+    step = KERNEL if gemv.available(torch.float32) else "nativevl::packed_product"
+    assert any(e.name == step for e in prof.events())
 
 
 def test_compiled_bf16_decoder_runs_the_one_row_kernel(pair):
     """`--prepack --compile` on a bf16 model where the CPU has AVX-512 BF16: decode steps reach torch.compile's
-    graph as the one-row kernel (`nativevl_cpu::gemv_bf16`, its output's shape registered for the compiler),
-    and greedy tokens equal the eager packed model's. Elsewhere: no kernel, oneDNN's products compile."""
+    graph as the one-row kernel (`nativevl_cpu::gemv`, its output's shape registered for the compiler), the
+    prompt as oneDNN's packed bf16 product; greedy tokens equal the eager packed model's."""
     import copy
 
     from nativevl.infer.chat import prepack
     from nativevl.model import gemv
+    from nativevl.model.layers import cpu_multiplies_bf16
 
     _, ours = pair
     eager = copy.deepcopy(ours).to(torch.bfloat16)
     compiled = copy.deepcopy(eager)  # before packing: oneDNN's packed tensors cannot be copied
     prepack(eager), prepack(compiled)
+    torch._dynamo.reset()  # the earlier tests' compilations count against the limit of recompilations per function
     compiled.language_model.compile(dynamic=True)
     a, pv = prompt([1], seed=5), pixels(1).to(torch.bfloat16)
     with torch.profiler.profile() as prof:
         tokens = generate(compiled, a, pixel_values=pv, max_new_tokens=6)
-    assert any(e.name == "nativevl_cpu::gemv_bf16" for e in prof.events()) == gemv.available()
+    names = {e.name for e in prof.events()}
+    assert (KERNEL in names) == gemv.available(torch.bfloat16)
+    assert ("nativevl::packed_product" in names) == cpu_multiplies_bf16()  # the prompt, packed in bf16
     assert tokens.tolist() == generate(eager, a, pixel_values=pv, max_new_tokens=6).tolist()
 
 
@@ -224,7 +233,7 @@ def test_static_cache_decoder_generates_what_transformers_does(pair, tmp_path):
             torch.testing.assert_close(static_logits, eager_logits, rtol=1e-5, atol=1e-5)
 
 def _products(fn, kind: str = "_linear_pointwise") -> int:  # noqa: ANN001
-    """How many oneDNN packed products (or, kind="gemv_bf16", one-row kernel products) `fn()` ran."""
+    """How many oneDNN packed products (or, kind=KERNEL, one-row kernel products) `fn()` ran."""
     with torch.profiler.profile() as prof:
         fn()
     return sum(kind in e.name for e in prof.events())
@@ -242,6 +251,7 @@ def test_prepacked_weights_generate_what_transformers_does(pair):
     with gradients enabled the layers fall back to their own weights."""
     import copy
 
+    from nativevl.model import gemv
     from nativevl.model.layers import PACKED_MAX_ROWS, prepack_linears
 
     hf, ours = pair
@@ -258,9 +268,11 @@ def test_prepacked_weights_generate_what_transformers_does(pair):
     layer = model.language_model.model.layers[0]
     plain_layer = ours.language_model.model.layers[0]
     with torch.no_grad():
-        for rows in (1, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1):  # above: MKL's product is faster (a prefill)
+        for rows in (1, 2, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1):  # above: MKL's product is faster (a prefill)
             x = torch.randn(1, rows, layer.mlp.up_proj.in_features)
-            assert _products(lambda: layer.mlp(x)) == (2 if rows <= PACKED_MAX_ROWS else 0)  # gate/up, down
+            kernel = rows == 1 and gemv.available(torch.float32)  # one row: the matrix-vector kernel
+            assert _products(lambda: layer.mlp(x), KERNEL) == 2 * kernel  # gate/up, down
+            assert _products(lambda: layer.mlp(x)) == (2 if rows <= PACKED_MAX_ROWS and not kernel else 0)
             got = layer.mlp(x)
             if rows > PACKED_MAX_ROWS:
                 assert torch.equal(got, plain_layer.mlp(x))
@@ -270,7 +282,9 @@ def test_prepacked_weights_generate_what_transformers_does(pair):
         from nativevl.model.text import attention_inputs
 
         inputs = attention_inputs(model.config.text, torch.zeros(1, 1), None, 0, torch.float32)
-        assert _products(lambda: layer.self_attn(x, inputs, None)) == 2  # q/k/v as one, then o
+        kernel = gemv.available(torch.float32)
+        products = _products(lambda: layer.self_attn(x, inputs, None), KERNEL if kernel else "_linear_pointwise")
+        assert products == 2  # q/k/v as one, then o
         torch.testing.assert_close(layer.self_attn(x, inputs, None), plain_layer.self_attn(x, inputs, None),
                                    rtol=1e-5, atol=1e-6)
     loss = model(a, pixel_values=pv, labels=a).loss
@@ -326,9 +340,9 @@ def test_prepacked_bf16_follows_the_cpu(pair):
         o_proj = native.language_model.model.layers[0].self_attn.o_proj
         for rows in (1, 9):  # one row: the matrix-vector kernel where it runs (tests/test_gemv.py), else oneDNN
             x = torch.randn(1, rows, layer.in_features, dtype=torch.bfloat16)
-            kernel = rows == 1 and gemv.available()
+            kernel = rows == 1 and gemv.available(torch.bfloat16)
             assert _products(lambda: o_proj(x)) == (not kernel)
-            assert _products(lambda: o_proj(x), "gemv_bf16") == kernel
+            assert _products(lambda: o_proj(x), KERNEL) == kernel
             if kernel:
                 exact = x.double() @ o_proj.weight.double().T
                 torch.testing.assert_close(o_proj(x).double(), exact, rtol=2**-7, atol=1e-6)
@@ -337,10 +351,10 @@ def test_prepacked_bf16_follows_the_cpu(pair):
                 exact = torch.cat([x.double() @ p.weight.double().T + p.bias.double() for p in qkv], -1)
                 torch.testing.assert_close(attn.packed(x).double(), exact, rtol=2**-7, atol=1e-6)
         # the language model keeps the kernel's copies; the towers that never decode do not
-        assert all((p.vector is not None) == gemv.available() for p in _packs(native.language_model))
+        assert all((p.vector is not None) == gemv.available(torch.bfloat16) for p in _packs(native.language_model))
         assert all(p.vector is None for p in _packs(native.vision_model) + _packs(native.mlp1))
         assert torch.equal(native(a, pixel_values=pv).logits, reference)  # a prompt: oneDNN, the same sums
-        if not gemv.available():
+        if not gemv.available(torch.bfloat16):
             return
         # a decode step through the kernel: the plain bf16 model's logits, to bf16 rounding
         steps = []
@@ -348,5 +362,5 @@ def test_prepacked_bf16_follows_the_cpu(pair):
             cache = model.new_cache(1, a.shape[1] + 1)
             logits = model(a, pixel_values=pv, cache=cache).logits
             steps.append(model(logits[:, -1:].argmax(-1), cache=cache).logits)
-        assert _products(lambda: native(a[:, :1]), "gemv_bf16") > 0
+        assert _products(lambda: native(a[:, :1]), KERNEL) > 0
         torch.testing.assert_close(steps[1].float(), steps[0].float(), rtol=2**-7, atol=2e-3)

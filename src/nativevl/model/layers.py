@@ -74,16 +74,16 @@ def prepack_linears(module: nn.Module, native_bf16: bool | None = None, decodes:
       float32 and both kernels accumulate in float32: only the summation order differs. At 1-3 rows the bf16
       kernel, reading half the bytes, stays.
 
-    A bf16 product of one row (a decode step at batch 1) on a CPU with AVX-512 BF16 runs on nativevl's own
-    matrix-vector kernel instead (model/gemv.py), with a third copy in its layout: oneDNN's reached 22-25 GB/s
-    of the 28-35 a plain read reaches, the kernel reads at the plain read's speed (a decode step's products at
-    the 1B shape: 37 ms against 47). `decodes=False` skips that copy for modules that never see one row (the
-    vision tower and the projector).
+    A product of one row (a decode step at batch 1) runs on nativevl's own matrix-vector kernel instead
+    (model/gemv.py; bf16 where the CPU has AVX-512 BF16, float32 where it has AVX-512), with one more copy in
+    its layout: oneDNN's one-row products read the weights at 22-25 GB/s of the 28-35 a plain read reaches,
+    the kernel at the plain read's speed. `decodes=False` skips that copy for modules that never see one row
+    (the vision tower and the projector).
 
     `native_bf16`: whether this CPU multiplies bf16 natively (default: ask oneDNN). The copies cost memory (as
-    much again as the packed weights; twice as much for widened bf16 or with the kernel's copy) and are not
-    updated if the weights change: pack a model after loading, moving and casting it. With gradients enabled the layers use their own
-    weights, so training a packed model stays correct. Returns the number of nn.Linear layers packed."""
+    much again as the weights; twice as much for widened bf16 or with the kernel's copy) and are not updated
+    if the weights change: pack a model after loading, moving and casting it. With gradients enabled the
+    layers use their own weights, so training a packed model stays correct. Returns the number of nn.Linear layers packed."""
     if not torch.backends.mkldnn.is_available():
         raise RuntimeError("this torch build has no oneDNN (mkldnn) CPU kernels to pack weights for")
     if native_bf16 is None:
@@ -128,6 +128,10 @@ PACKED_MAX_ROWS = 256
 # From this many rows a bf16 layer on a CPU without native bf16 is faster widened to float32 and packed (24 of
 # the 1B shape's matrices: 2 rows 15 ms bf16 vs 24 ms widened; 4 rows 30 vs 26 ms; 8 rows 59 vs 28 ms).
 BF16_PACKED_MIN_ROWS = 4
+# Up to this many rows the matrix-vector kernel (model/gemv.py) is faster than oneDNN's packed product: at 1 row
+# a decode step's products (1B shape) took 32-40 ms against oneDNN's 39-61 in bf16 and 65 against 78-85 in
+# float32; at 2 rows and more the kernel lost (bf16: 63-65 against 56-64 at 2 rows, 71-77 against 38-39 at 4).
+VECTOR_MAX_ROWS = 1
 
 
 def _packable(layers: list[nn.Linear]) -> bool:
@@ -154,10 +158,10 @@ class PackedLinear:
         if any(layer.bias is not None for layer in layers):  # a layer without one adds zeros
             self.bias = torch.cat([layer.bias.detach() if layer.bias is not None
                                    else first.new_zeros(layer.out_features) for layer in layers]).to(self.compute)
-        # one bf16 row: the matrix-vector kernel, on its own copy (model/gemv.py)
+        # a decode step's few rows: the matrix-vector kernel, on its own copy (model/gemv.py)
         self.vector = self.vector_bias = None
         self.out_features = weight.shape[0]
-        if decodes and self.compute == torch.bfloat16 and gemv.available():
+        if decodes and self.compute == first.dtype and gemv.available(first.dtype):
             self.vector = gemv.pack(weight)
             self.vector_bias = None if self.bias is None else gemv.pack_bias(self.bias)
 
@@ -169,7 +173,7 @@ class PackedLinear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # under torch.compile through the custom operation below; eagerly straight to oneDNN (a custom
         # operation's Python wrapper costs 6 us a call, 0.6 ms a decode step of the 1B shape)
-        if self.vector is not None and x.numel() == x.shape[-1]:
+        if self.vector is not None and x.numel() <= VECTOR_MAX_ROWS * x.shape[-1]:
             return gemv.product(x, self.vector, self.vector_bias, self.out_features)
         product = packed_product if torch.compiler.is_compiling() else _packed_product
         return product(x.to(self.compute), self.weight, self.bias).to(self.dtype)
