@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
                       [int(t) for t in args.tiles.split(",")], repeats, flops, dev) + "\n")
     if "decode" in suites:
         emit("## Decode\n")
-        emit(decode.run(model, dtypes, [int(b) for b in args.batches.split(",")], args.steps, repeats, bandwidth,
+        emit(decode.run(model, dtypes, [int(b) for b in args.batches.split(",")], args.steps, repeats,
                         args.compile, dev) + "\n")
     if "preprocess" in suites:
         emit("## Image preprocessing\n")

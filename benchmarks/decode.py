@@ -1,6 +1,6 @@
 """Decode speed: milliseconds per new token for nativevl and transformers on the same weights, at batch 1 and
-8, next to the kernel floor (the step's matrix products alone) and the read-bandwidth bound (the step's weight
-bytes over the measured bandwidth).
+8, next to the kernel floor (the step's matrix products alone) and the read-bandwidth bound (a plain read of the
+step's weight bytes, timed in turns with the engines like the floors: this shared machine's bandwidth drifts).
 
 A step's time is measured as (time to generate 1 + n tokens - time to generate 1 token) / n, both timed in
 every repeat, so the prefill cancels out. Random weights rarely emit an end token; min_new_tokens makes sure.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -24,7 +25,7 @@ from benchmarks.common import (
     text_ids,
     transformers_twin,
 )
-from benchmarks.roofline import decode_weights, floor_runner, packed_floor_runner, weight_bytes
+from benchmarks.roofline import decode_weights, floor_runner, packed_floor_runner, read_runner, weight_bytes
 
 PROMPT = 32  # prompt tokens per row
 
@@ -47,6 +48,17 @@ def per_step(runners: dict[str, Callable[[int], object]], steps: int, repeats: i
                 times.append(time.perf_counter() - start)
             values[name].append((times[1] - times[0]) / steps)
     return {name: Timing(statistics.median(v), min(v), max(v), repeats) for name, v in values.items()}
+
+
+def per_step_and_bound(group: dict[str, Callable[[int], object]], reader: Callable[[int], object], batch: int,
+                       bounds: dict[tuple[int, str], float], steps: int, repeats: int, device: str
+                       ) -> dict[str, Timing]:
+    """`per_step` of a group of engines in turns with `reader` (a plain read of the step's weight bytes); the
+    read's median goes into bounds[batch, engine] for each engine of the group."""
+    got = per_step({**group, "bandwidth bound": reader}, steps, repeats, device)
+    read = got.pop("bandwidth bound").median
+    bounds.update({(batch, engine): read for engine in got})
+    return got
 
 
 def ours_runner(model, ids: torch.Tensor) -> Callable[[int], torch.Tensor]:  # noqa: ANN001
@@ -110,7 +122,7 @@ def _switch(packs: dict[torch.nn.Module, dict[str, object]], on: bool) -> None:
 
 def with_packs(run: Callable[[int], object], packs: dict[torch.nn.Module, dict[str, object]]
                ) -> Callable[[int], object]:
-    """`run` with each layer's oneDNN-packed copy switched on (`prepack_linears`), then off again."""
+    """`run` with each layer's packed copies switched on (`prepack_linears`), then off again."""
     def packed(n: int) -> object:
         _switch(packs, on=True)
         try:
@@ -121,26 +133,31 @@ def with_packs(run: Callable[[int], object], packs: dict[torch.nn.Module, dict[s
     return packed
 
 
-def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeats: int, bandwidth: float,  # noqa: ANN001
+def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeats: int,  # noqa: ANN001
         compiled: bool, device: str) -> str:
     """`model`: nativevl's InternVL in float32 on `device`, cast in place to each dtype in turn (so float32
     must come first); transformers' twin is rebuilt from its weights for each dtype.
 
     Engines: nativevl as loaded; `--prepack` (on CPU: oneDNN-packed weights, q/k/v and gate/up as one
-    product); `--compile` (the language model under torch.compile, dynamic shapes: one compilation for every
-    batch size and cache length), alone and with `--prepack`; transformers' plain `generate`, and with
-    `--compile` its static cache + torch.compile path. Floors: torch's default products on the model's weights
-    ("kernel floor") and, on a CPU, the products `--prepack` makes ("packed floor")."""
+    product, one-row products on nativevl's matrix-vector kernel where the CPU has AVX-512); `--compile` (the
+    language model under torch.compile, dynamic shapes: one compilation for every batch size and cache
+    length), alone and with `--prepack`; transformers' plain `generate`, and with `--compile` its static
+    cache + torch.compile path. Floors: torch's default products on the model's weights ("kernel floor") and,
+    on a CPU, the products `--prepack` makes ("packed floor"); the bandwidth bound is a plain read of the
+    step's weight bytes in turns with each group of engines."""
     rows, notes = [], []
     for dtype in dtypes:
         ours = model.to(dtype)
         theirs = transformers_twin(ours, dtype, device)
         weights = decode_weights(ours)
-        bound = weight_bytes(weights) / (bandwidth * 1e9)
+        reader = read_runner(weight_bytes(weights), device)
         name = str(dtype).removeprefix("torch.")
         lm = ours.language_model
         packs = prepacked_forwards(lm) if device == "cpu" else {}
         found: dict[int, dict[str, Timing]] = {}
+        bounds: dict[tuple[int, str], float] = {}  # (batch, engine): the weight bytes' read time in its turns
+        timed = partial(per_step_and_bound, reader=reader, bounds=bounds, steps=steps, repeats=repeats, device=device)
+
         for batch in batches:
             ids = text_ids(ours, (batch, PROMPT), seed=batch, device=device)
             mine, their = ours_runner(ours, ids), theirs_runner(theirs, ids)
@@ -153,14 +170,14 @@ def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeat
                 packed_floor = packed_floor_runner(ours, batch)
                 if packed_floor is not None:
                     runners["packed floor"] = packed_floor
-            found[batch] = per_step(runners, steps, repeats, device)
+            found[batch] = timed(batch=batch, group=runners)
             free()
         # every compiled path last: torch.compile leaves worker processes and threads behind that slow what follows
         if compiled:
             for batch in batches:
                 ids = text_ids(ours, (batch, PROMPT), seed=batch, device=device)
                 compiled_theirs = {"transformers static cache + compile": theirs_runner(theirs, ids, True)}
-                found[batch].update(per_step(compiled_theirs, steps, repeats, device))
+                found[batch].update(timed(batch=batch, group=compiled_theirs))
             if device.startswith("cuda"):  # the decode step over a fixed-size cache, replayed as a CUDA graph
                 from nativevl.infer.generate import GraphDecoder
 
@@ -168,15 +185,15 @@ def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeat
                 try:
                     for batch in batches:
                         ids = text_ids(ours, (batch, PROMPT), seed=batch, device=device)
-                        found[batch].update(per_step({"nativevl GraphDecoder": ours_runner(ours, ids)}, steps,
-                                                     repeats, device))
+                        graph = {"nativevl GraphDecoder": ours_runner(ours, ids)}
+                        found[batch].update(timed(batch=batch, group=graph))
                 except Exception as e:  # noqa: BLE001 - not yet run on a GPU: report it, time the rest
                     notes.append(f"GraphDecoder failed: {type(e).__name__}: {str(e)[:300]}")
                 del ours.graph_decoder
             lm.forward = torch.compile(lm.forward, dynamic=True)  # what `--compile` does (infer/chat.py)
             for batch in batches:
                 ids = text_ids(ours, (batch, PROMPT), seed=batch, device=device)
-                found[batch].update(per_step({"nativevl --compile": ours_runner(ours, ids)}, steps, repeats, device))
+                found[batch].update(timed(batch=batch, group={"nativevl --compile": ours_runner(ours, ids)}))
             del lm.forward  # the class's eager forward again
             if packs:  # both switches: the packed products as one opaque operation between fused small ones
                 torch._dynamo.reset()
@@ -184,8 +201,8 @@ def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeat
                 lm.forward = torch.compile(lm.forward, dynamic=True)
                 for batch in batches:
                     ids = text_ids(ours, (batch, PROMPT), seed=batch, device=device)
-                    found[batch].update(per_step({"nativevl --prepack --compile": ours_runner(ours, ids)}, steps,
-                                                 repeats, device))
+                    both = {"nativevl --prepack --compile": ours_runner(ours, ids)}
+                    found[batch].update(timed(batch=batch, group=both))
                 del lm.forward
                 _switch(packs, on=False)
         for batch, engines in found.items():
@@ -195,11 +212,13 @@ def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeat
                 rows.append([name, str(batch), engine, show(t, 1e3), f"{batch / t.median:.1f}",
                              f"{base / t.median:.2f}x", f"{t.median / floor.median:.2f}x",
                              f"{t.median / packed_floor.median:.2f}x" if packed_floor else "",
-                             f"{bound / t.median:.0%}"])
+                             f"{bounds[batch, engine] / t.median:.0%}"])
+            read = sorted({bounds[batch, engine] for engine in engines})
             notes.append(f"{name} batch {batch}: kernel floor {show(floor, 1e3)} ms"
                          + (f", packed floor {show(packed_floor, 1e3)} ms" if packed_floor else "")
-                         + f", bandwidth bound {fmt(bound * 1e3)} ms")
-        del theirs
+                         + f", bandwidth bound {fmt(read[0] * 1e3)}"
+                         + (f"..{fmt(read[-1] * 1e3)}" if len(read) > 1 else "") + " ms")
+        del theirs, reader
         free()
     header = ["dtype", "batch", "engine", "ms/step", "tok/s", "vs transformers generate", "/ kernel floor",
               "/ packed floor", "of bandwidth bound"]

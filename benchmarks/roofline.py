@@ -4,7 +4,8 @@
 - matmul FLOP/s: one large product per dtype (the prefill ceiling);
 - the kernel floor of a decode step: the language model's matrix products alone, on the model's own weights,
   for a batch of B single-token rows (no attention, norms, rotary or Python around them); on a CPU also the
-  packed floor, the same products as `prepack_linears` makes them (oneDNN-packed, q/k/v and gate/up as one).
+  packed floor, the same products as `prepack_linears` makes them (oneDNN-packed, q/k/v and gate/up as one;
+  one row through nativevl's matrix-vector kernel where the CPU has AVX-512).
 """
 
 from __future__ import annotations
@@ -23,6 +24,20 @@ def read_bandwidth(device: str, repeats: int, gib: float = 1.0) -> float:
     t = measure(lambda: x.sum(), repeats, device=device)
     del x
     return gib * 2**30 / t.median / 1e9
+
+
+def read_runner(nbytes: int, device: str) -> Callable[[int], None]:
+    """`run(n)`: n passes of a sum over `nbytes` of float32, timed like an engine's `generate(n)`, so its per-step
+    time is what reading a step's weight bytes takes at the bandwidth of that moment (this shared machine's
+    drifts by up to 2x within a run: timed in turns with the engines, the bound drifts with them)."""
+    x = torch.ones(nbytes // 4, device=device)
+
+    @torch.inference_mode()
+    def run(n: int) -> None:
+        for _ in range(n):
+            x.sum()
+
+    return run
 
 
 def matmul_flops(dtype: torch.dtype, device: str, repeats: int, n: int | None = None) -> float:

@@ -3,7 +3,9 @@ within float32 summation error (and, in bf16, one rounding) of the exact sums of
 
 from __future__ import annotations
 
+import os
 import platform
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,8 @@ def cpu_runs(dtype: torch.dtype) -> bool:
     info = Path("/proc/cpuinfo")
     if platform.machine() not in ("x86_64", "AMD64") or not info.exists():
         return False
-    flags = {f for line in info.read_text().splitlines() if line.startswith("flags") for f in line.split(":")[1].split()}
+    lines = info.read_text().splitlines()
+    flags = {f for line in lines if line.startswith("flags") for f in line.split(":")[1].split()}
     return {"avx512f", "avx512bw", "avx512vl"} | ({"avx512_bf16"} if dtype == torch.bfloat16 else set()) <= flags
 
 
@@ -90,3 +93,12 @@ def test_bad_inputs_are_refused(dtype):
         gemv.product(torch.randn(1, 64).to(torch.float64), w, None, 20)
     with pytest.raises(RuntimeError, match="padded"):
         gemv.product(torch.randn(1, 64).to(dtype), w, torch.zeros(20), 20)
+
+
+def test_the_pip_ninja_is_found_when_the_environment_is_not_activated(monkeypatch):
+    import ninja
+
+    monkeypatch.setenv("PATH", "/nowhere")
+    gemv._find_ninja()
+    assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
+    assert shutil.which("ninja") is not None

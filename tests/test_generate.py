@@ -296,7 +296,9 @@ def test_prepacked_bf16_follows_the_cpu(pair):
     """`--prepack` on a bf16 model. Without native bf16 products (forced here, so every CPU checks it): 1-3
     rows stay on torch's bf16 kernel (bit-identical), from 4 rows the product runs widened to float32 on the
     packed copy. With them (where this CPU has them; otherwise the default must choose widening): every row
-    count runs the packed bf16 product, and the whole model's logits equal the plain model's."""
+    count runs packed in bf16, a prompt's logits equal the plain model's, and one row (a decode step) runs on
+    the matrix-vector kernel where the CPU has AVX-512 BF16, within bf16 rounding of the exact sums, biases
+    included; the vision tower and projector keep no kernel copies."""
     import copy
 
     from nativevl.infer.chat import prepack

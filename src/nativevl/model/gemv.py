@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -30,16 +31,26 @@ def _built() -> bool:
     try:
         from torch.utils.cpp_extension import load
 
+        _find_ninja()
         # cached under TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), rebuilt when the source changes;
         # -fopenmp because at::parallel_for is OpenMP in torch's CPU builds (without it the loop runs serially)
         load(name="nativevl_gemv", sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
              extra_ldflags=["-fopenmp"], is_python_module=False)
-    except Exception as e:  # no compiler, no ninja, another platform: decode still works, through oneDNN
+    except Exception as e:  # noqa: BLE001 (no compiler, no ninja, another platform: decode still works, via oneDNN)
         warnings.warn(f"nativevl: could not build {SOURCE.name} ({type(e).__name__}: {e}); "
                       "CPU decode uses oneDNN's products instead", stacklevel=3)
         return False
     torch.library.register_fake("nativevl_cpu::gemv")(_shape)  # its output's shape, for torch.compile
     return True
+
+
+def _find_ninja() -> None:
+    """torch's builder runs `ninja` from PATH; the pip package's copy (a dependency) sits in the environment's
+    bin folder, which is not on PATH when python is run as .venv/bin/python without activating."""
+    if shutil.which("ninja") is None:
+        import ninja
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
 def columns(dtype: torch.dtype) -> int:

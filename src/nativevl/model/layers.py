@@ -83,7 +83,8 @@ def prepack_linears(module: nn.Module, native_bf16: bool | None = None, decodes:
     `native_bf16`: whether this CPU multiplies bf16 natively (default: ask oneDNN). The copies cost memory (as
     much again as the weights; twice as much for widened bf16 or with the kernel's copy) and are not updated
     if the weights change: pack a model after loading, moving and casting it. With gradients enabled the
-    layers use their own weights, so training a packed model stays correct. Returns the number of nn.Linear layers packed."""
+    layers use their own weights, so training a packed model stays correct. Returns the number of nn.Linear
+    layers packed."""
     if not torch.backends.mkldnn.is_available():
         raise RuntimeError("this torch build has no oneDNN (mkldnn) CPU kernels to pack weights for")
     if native_bf16 is None:
