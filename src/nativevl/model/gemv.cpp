@@ -1,6 +1,6 @@
-// Matrix-vector products for CPU decode: y = x @ W.T + b for a few rows of x, at the speed memory can deliver
-// W, in bf16 and float32. Built on first use by nativevl/model/gemv.py (torch.utils.cpp_extension) and
-// registered as torch.ops.nativevl_cpu.gemv.
+// Matrix-vector products for CPU decode: y = x @ W.T + b for a row of x (more rows work, row by row), at
+// the speed memory can deliver W, in bf16 and float32. Built on first use by nativevl/model/gemv.py
+// (torch.utils.cpp_extension) and registered as torch.ops.nativevl_cpu.gemv.
 //
 // Why: a decode step reads every weight once per token, so it is bound by read bandwidth. oneDNN's packed bf16
 // product for one row reached 22-25 GB/s where a plain read of the same bytes reached 28-35 GB/s (2-core
@@ -9,7 +9,7 @@
 // reads one sequential stream. bf16 pairs are multiplied and summed in float32 by VDPBF16PS; float32 by FMA.
 //
 // Only the kernels are compiled for AVX-512 (a target pragma around them), so the library loads on any x86-64
-// CPU; gemv_supported(dtype) says whether this one runs them. Elsewhere the file builds and says unsupported.
+// CPU; gemv_supported(bf16) says whether this one runs them. Elsewhere the file builds and says unsupported.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -134,13 +134,15 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const std::optional<at
               "x: 2-d bf16 or float32 on CPU");
   TORCH_CHECK(supported(bf16), "gemv needs a CPU with AVX-512", bf16 ? " BF16" : "");
   const int64_t cols = bf16 ? 32 : 16, m = x.size(0), k = x.size(1);
-  TORCH_CHECK(w.scalar_type() == x.scalar_type() && w.dim() == 4 && w.size(2) == kRows && w.size(3) == cols &&
-                  w.is_contiguous(), "w: packed by gemv.pack, (n/16, k/", cols, ", 16, ", cols, ") of x's dtype");
+  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == x.scalar_type() && w.dim() == 4 && w.size(2) == kRows &&
+                  w.size(3) == cols && w.is_contiguous(),
+              "w: packed by gemv.pack, (n/16, k/", cols, ", 16, ", cols, ") of x's dtype");
   TORCH_CHECK(w.size(1) == (k + cols - 1) / cols && n <= w.size(0) * kRows && n > (w.size(0) - 1) * kRows,
               "w's blocks do not match x's width ", k, " and n ", n);
   const float* b = nullptr;
   if (bias) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == w.size(0) * kRows,
+    TORCH_CHECK(bias->device().is_cpu() && bias->scalar_type() == at::kFloat && bias->is_contiguous() &&
+                    bias->numel() == w.size(0) * kRows,
                 "bias: float32, padded to the blocks' rows");
     b = bias->data_ptr<float>();
   }
