@@ -94,12 +94,12 @@ def prepacked_forwards(module: torch.nn.Module) -> dict[torch.nn.Module, dict[st
     `packed` product), taken off again so the plain layers run until `with_packs` switches the packed copies
     on (nothing on a torch without oneDNN or for an unpacked dtype)."""
     from nativevl import InternVL
-    from nativevl.infer.chat import prepack
+    from nativevl.infer.chat import prepack_model
     from nativevl.model.layers import prepack_linears
 
     if not torch.backends.mkldnn.is_available():
         return {}
-    prepack(module) if isinstance(module, InternVL) else prepack_linears(module)
+    prepack_model(module) if isinstance(module, InternVL) else prepack_linears(module)
     packs = {}
     for m in module.modules():
         found = {name: m.__dict__[name] for name in ("forward", "packed") if m.__dict__.get(name) is not None}

@@ -69,3 +69,20 @@ def test_help_documents_every_flag():
                  "--temperature", "--top-p", "--top-k", "--repetition-penalty", "--stop", "--seed", "--v2pe-delta",
                  "--system"):
         assert flag in text
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_prepack_answers_as_the_plain_model(folder, dtype):
+    """`--prepack` in a fresh process (oneDNN-packed products, the one-row kernel where the CPU has AVX-512):
+    the same greedy answer as the plain model in the same dtype, and no fallback warning where it runs."""
+    from nativevl.model import gemv
+
+    question = [str(folder), "--image", str(folder / "photo.png"), "--max-new-tokens", "8", "--dtype", dtype,
+                "What is it?"]
+    plain, packed = run(*question), run(*question, "--prepack")
+    assert plain.returncode == 0 and packed.returncode == 0, packed.stderr
+    assert packed.stdout == plain.stdout and packed.stdout.strip()
+    import torch
+
+    if gemv.available(getattr(torch, dtype)):
+        assert "could not build" not in packed.stderr

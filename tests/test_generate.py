@@ -176,14 +176,14 @@ def test_compiled_bf16_decoder_runs_the_one_row_kernel(pair):
     prompt as oneDNN's packed bf16 product; greedy tokens equal the eager packed model's."""
     import copy
 
-    from nativevl.infer.chat import prepack
+    from nativevl.infer.chat import prepack_model
     from nativevl.model import gemv
     from nativevl.model.layers import cpu_multiplies_bf16
 
     _, ours = pair
     eager = copy.deepcopy(ours).to(torch.bfloat16)
     compiled = copy.deepcopy(eager)  # before packing: oneDNN's packed tensors cannot be copied
-    prepack(eager), prepack(compiled)
+    prepack_model(eager), prepack_model(compiled)
     torch._dynamo.reset()  # the earlier tests' compilations count against the limit of recompilations per function
     compiled.language_model.compile(dynamic=True)
     a, pv = prompt([1], seed=5), pixels(1).to(torch.bfloat16)
@@ -301,7 +301,7 @@ def test_prepacked_bf16_follows_the_cpu(pair):
     included; the vision tower and projector keep no kernel copies."""
     import copy
 
-    from nativevl.infer.chat import prepack
+    from nativevl.infer.chat import prepack_model
     from nativevl.model import gemv
     from nativevl.model.layers import BF16_PACKED_MIN_ROWS, prepack_linears
 
@@ -334,7 +334,7 @@ def test_prepacked_bf16_follows_the_cpu(pair):
         torch.testing.assert_close(packed.float(), reference.float(), rtol=0.05, atol=0.05)
 
         native = copy.deepcopy(plain)
-        count = prepack(native)
+        count = prepack_model(native)
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             assert _products(lambda: native.language_model.model.layers[0].self_attn.o_proj(x[:, :1])) == 0
             return

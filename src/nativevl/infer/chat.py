@@ -254,7 +254,7 @@ def _device(model: InternVL) -> torch.device:
     return model.language_model.lm_head.weight.device
 
 
-def prepack(model: InternVL) -> int:
+def prepack_model(model: InternVL) -> int:
     """`prepack_linears` over the whole model (model/layers.py); the vision tower and the projector, which never
     see a single row, skip the one-row kernel's copy. Returns the number of layers packed."""
     return (prepack_linears(model.vision_model, decodes=False) + prepack_linears(model.mlp1, decodes=False)
@@ -270,7 +270,7 @@ def speed_up(model: InternVL, prepack: bool = False, compile: bool = False) -> I
     the faster route is a CUDA-graph decode, `infer.generate.GraphDecoder`; it becomes this switch's CUDA path
     once it has run on a GPU: see docs/benchmarks.md.)"""
     if prepack:
-        prepack(model)
+        prepack_model(model)
     if compile:
         model.language_model.compile(dynamic=True)
     return model
