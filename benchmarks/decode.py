@@ -120,6 +120,12 @@ def _switch(packs: dict[torch.nn.Module, dict[str, object]], on: bool) -> None:
                 del m.forward
 
 
+def packed_products(packs: dict[torch.nn.Module, dict[str, object]]) -> list:
+    """The `PackedLinear`s behind `packs`, in forward order: a group's `packed`, a lone layer's packed forward's
+    (`partial(_single, packed, layer)`)."""
+    return [value if name == "packed" else value.args[0] for found in packs.values() for name, value in found.items()]
+
+
 def with_packs(run: Callable[[int], object], packs: dict[torch.nn.Module, dict[str, object]]
                ) -> Callable[[int], object]:
     """`run` with each layer's packed copies switched on (`prepack_linears`), then off again."""
@@ -157,7 +163,6 @@ def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeat
         found: dict[int, dict[str, Timing]] = {}
         bounds: dict[tuple[int, str], float] = {}  # (batch, engine): the weight bytes' read time in its turns
         timed = partial(per_step_and_bound, reader=reader, bounds=bounds, steps=steps, repeats=repeats, device=device)
-
         for batch in batches:
             ids = text_ids(ours, (batch, PROMPT), seed=batch, device=device)
             mine, their = ours_runner(ours, ids), theirs_runner(theirs, ids)
@@ -167,7 +172,7 @@ def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeat
                        "transformers generate": their}
             if packs:
                 runners["nativevl --prepack"] = with_packs(mine, packs)
-                packed_floor = packed_floor_runner(ours, batch)
+                packed_floor = packed_floor_runner(packed_products(packs), batch)
                 if packed_floor is not None:
                     runners["packed floor"] = packed_floor
             found[batch] = timed(batch=batch, group=runners)

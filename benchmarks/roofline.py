@@ -20,10 +20,9 @@ from benchmarks.common import measure
 
 def read_bandwidth(device: str, repeats: int, gib: float = 1.0) -> float:
     """GB/s of one pass over `gib` GiB of float32."""
-    x = torch.ones(int(gib * 2**28), device=device)
-    t = measure(lambda: x.sum(), repeats, device=device)
-    del x
-    return gib * 2**30 / t.median / 1e9
+    nbytes = int(gib * 2**30)
+    run = read_runner(nbytes, device)
+    return nbytes / measure(lambda: run(1), repeats, device=device).median / 1e9
 
 
 def read_runner(nbytes: int, device: str) -> Callable[[int], None]:
@@ -80,25 +79,21 @@ def floor_runner(weights: list[torch.Tensor], batch: int) -> Callable[[int], Non
     return run
 
 
-def packed_floor_runner(model: torch.nn.Module, batch: int) -> Callable[[int], None] | None:
-    """`run(n)`: n decode steps' products as `--prepack` makes them (each decoder layer's q/k/v, o, gate/up and
-    down, then the output head, as `PackedLinear`s of the model's own weights), or None where nothing packs."""
-    from nativevl.model.layers import PackedLinear, cpu_multiplies_bf16, packed_groups
-
-    lm = model.language_model
-    if not torch.backends.mkldnn.is_available() or lm.lm_head.weight.device.type != "cpu":
+def packed_floor_runner(products: list, batch: int) -> Callable[[int], None] | None:  # list[PackedLinear]
+    """`run(n)`: n decode steps' products as `--prepack` makes them (`products`: the `PackedLinear`s that
+    `prepack_linears` made, in forward order: each decoder layer's q/k/v, o, gate/up and down, then the output
+    head), or None where they do not take `batch` rows (nothing packed, or bf16 widened only from 4 rows)."""
+    if not products:
         return None
-    groups = [layers for _, layers in packed_groups(lm)]  # each block's q/k/v, o, gate/up, down; the head
-    products = [PackedLinear(g, cpu_multiplies_bf16()) for g in groups]
-    x = {g[0].in_features: torch.randn(batch, g[0].in_features, dtype=lm.lm_head.weight.dtype) for g in groups}
+    x = {p.in_features: torch.randn(batch, p.in_features, dtype=p.dtype) for p in products}
     with torch.inference_mode():
-        if not all(p.takes(x[g[0].in_features]) for p, g in zip(products, groups, strict=True)):
+        if not all(p.takes(x[p.in_features]) for p in products):
             return None
 
     @torch.inference_mode()
     def run(n: int) -> None:
         for _ in range(n):
-            for p, g in zip(products, groups, strict=True):
-                p(x[g[0].in_features])
+            for p in products:
+                p(x[p.in_features])
 
     return run

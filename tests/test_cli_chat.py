@@ -6,7 +6,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from reference import tiny_checkpoint
+
+from nativevl.model import gemv
 
 CHAT = [sys.executable, "-m", "nativevl", "chat"]
 
@@ -75,14 +78,10 @@ def test_help_documents_every_flag():
 def test_prepack_answers_as_the_plain_model(folder, dtype):
     """`--prepack` in a fresh process (oneDNN-packed products, the one-row kernel where the CPU has AVX-512):
     the same greedy answer as the plain model in the same dtype, and no fallback warning where it runs."""
-    from nativevl.model import gemv
-
     question = [str(folder), "--image", str(folder / "photo.png"), "--max-new-tokens", "8", "--dtype", dtype,
                 "What is it?"]
     plain, packed = run(*question), run(*question, "--prepack")
     assert plain.returncode == 0 and packed.returncode == 0, packed.stderr
     assert packed.stdout == plain.stdout and packed.stdout.strip()
-    import torch
-
     if gemv.available(getattr(torch, dtype)):
         assert "could not build" not in packed.stderr

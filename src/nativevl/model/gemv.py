@@ -21,11 +21,12 @@ DTYPES = (torch.bfloat16, torch.float32)
 
 def available(dtype: torch.dtype) -> bool:
     """Whether the kernel is built and this CPU runs it for `dtype`. NATIVEVL_GEMV=0 turns it off."""
-    return dtype in DTYPES and _built() and bool(torch.ops.nativevl_cpu.gemv_supported(dtype == torch.bfloat16))
+    return dtype in DTYPES and built() and bool(torch.ops.nativevl_cpu.gemv_supported(dtype == torch.bfloat16))
 
 
 @functools.cache
-def _built() -> bool:
+def built() -> bool:
+    """Whether the library is built and loaded (the operations exist; whether this CPU runs them is `available`)."""
     if os.environ.get("NATIVEVL_GEMV", "1") == "0":
         return False
     try:
@@ -54,7 +55,7 @@ def _find_ninja() -> None:
 
 
 def columns(dtype: torch.dtype) -> int:
-    return 64 // torch.empty(0, dtype=dtype).element_size()
+    return 64 // dtype.itemsize
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:

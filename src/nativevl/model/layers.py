@@ -143,9 +143,10 @@ def _packable(layers: list[nn.Linear]) -> bool:
 
 
 class PackedLinear:
-    """The products of one or more nn.Linear layers that read the same input, as one oneDNN product with their
-    weights stacked and packed (see `prepack_linears`). Call it only where `takes(x)`; it returns the layers'
-    outputs side by side in the last dimension, in their order."""
+    """The products of one or more nn.Linear layers that read the same input, as one product of their stacked
+    weights: oneDNN-packed, and for one row the matrix-vector kernel's copy where it runs (see
+    `prepack_linears`). Call it only where `takes(x)`; it returns the layers' outputs side by side in the last
+    dimension, in their order."""
 
     def __init__(self, layers: list[nn.Linear], native_bf16: bool, decodes: bool = True) -> None:
         first = layers[0].weight
@@ -161,7 +162,7 @@ class PackedLinear:
                                    else first.new_zeros(layer.out_features) for layer in layers]).to(self.compute)
         # a decode step's few rows: the matrix-vector kernel, on its own copy (model/gemv.py)
         self.vector = self.vector_bias = None
-        self.out_features = weight.shape[0]
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         if decodes and self.compute == first.dtype and gemv.available(first.dtype):
             self.vector = gemv.pack(weight)
             self.vector_bias = None if self.bias is None else gemv.pack_bias(self.bias)
@@ -172,10 +173,10 @@ class PackedLinear:
         return not torch.is_grad_enabled() and x.dtype == self.dtype and n >= low and (high is None or n <= high)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # under torch.compile through the custom operation below; eagerly straight to oneDNN (a custom
-        # operation's Python wrapper costs 6 us a call, 0.6 ms a decode step of the 1B shape)
         if self.vector is not None and x.numel() <= VECTOR_MAX_ROWS * x.shape[-1]:
             return gemv.product(x, self.vector, self.vector_bias, self.out_features)
+        # under torch.compile through the custom operation below; eagerly straight to oneDNN (a custom
+        # operation's Python wrapper costs 6 us a call, 0.6 ms a decode step of the 1B shape)
         product = packed_product if torch.compiler.is_compiling() else _packed_product
         return product(x.to(self.compute), self.weight, self.bias).to(self.dtype)
 
