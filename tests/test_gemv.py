@@ -1,4 +1,4 @@
-"""The one-row kernel of CPU decode (model/gemv.py, gemv.cpp): built where the CPU runs it, and its results
+"""The few-row kernel of CPU decode (model/gemv.py, gemv.cpp): built where the CPU runs it, and its results
 within float32 summation error (and, in bf16, one rounding) of the exact sums of the same values."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def runs_here(dtype: torch.dtype) -> bool:
     assert not gemv.available(dtype)
     if gemv.built():
         with pytest.raises(RuntimeError, match="needs a CPU with AVX-512"):
-            gemv.product(torch.ones(1, 64, dtype=dtype), gemv.pack(torch.ones(16, 64, dtype=dtype)), None, 16)
+            gemv.product(torch.ones(1, 64, dtype=dtype), gemv.pack(torch.ones(48, 64, dtype=dtype)), None, 48)
     return False
 
 
@@ -44,21 +44,23 @@ def test_the_kernel_is_available_exactly_where_the_cpu_runs_it(dtype):
     assert not gemv.available(torch.float16)
 
 
-@pytest.mark.parametrize("dtype, c", [(torch.bfloat16, 32), (torch.float32, 16)])
-def test_pack_lays_out_blocks_of_16_rows_by_64_bytes_zero_padded(dtype, c):
-    w = torch.arange(20 * (c + 8), dtype=torch.float32).view(20, c + 8).to(dtype)
+@pytest.mark.parametrize("dtype, d", [(torch.bfloat16, 2), (torch.float32, 1)])
+def test_pack_lays_out_tiles_of_48_outputs_step_by_step_zero_padded(dtype, d):
+    n, k = 50, 2 * d + 1  # a tile and 2 outputs; 2 steps and one k value
+    w = torch.arange(n * k, dtype=torch.float32).view(n, k).to(dtype)
     packed = gemv.pack(w)
-    assert packed.shape == (2, 2, 16, c) and packed.dtype == dtype
-    assert torch.equal(packed[0, 0], w[:16, :c]) and torch.equal(packed[0, 1, :, :8], w[:16, c:])
-    assert torch.equal(packed[1, 0, :4], w[16:, :c]) and torch.equal(packed[1, 1, :4, :8], w[16:, c:])
-    assert not packed[1, :, 4:].any() and not packed[:, 1, :, 8:].any()  # the padding is zeros
-    assert gemv.pack_bias(torch.ones(20, dtype=torch.bfloat16)).tolist() == [1.0] * 20 + [0.0] * 12
+    assert packed.shape == (2, 3, 48, d) and packed.dtype == dtype
+    for t, s, j, e in [(0, 0, 0, 0), (0, 1, 47, d - 1), (1, 0, 1, 0), (1, 2, 0, 0), (0, 2, 5, 0)]:
+        assert packed[t, s, j, e] == w[48 * t + j, d * s + e]  # tile t, step s: output 48t+j at k = ds+e
+    assert not packed[1, :, 2:].any()  # outputs past n are zeros
+    assert not packed[:, 2, :, 1:].any()  # as is k's padding to whole steps (bf16: k odd)
+    assert gemv.pack_bias(torch.ones(50, dtype=torch.bfloat16)).tolist() == [1.0] * 50 + [0.0] * 46
 
 
 @pytest.mark.parametrize("dtype", gemv.DTYPES)
 @pytest.mark.parametrize("n, k, rows, bias", [
     (1, 32, 1, False), (5, 7, 1, True), (17, 40, 1, True), (33, 896, 2, False), (1152, 896, 1, True),
-    (896, 4864, 3, False), (151, 1000, 1, True),
+    (896, 4864, 3, False), (151, 1000, 1, True), (97, 65, 8, True), (50, 33, 9, False), (200, 896, 19, True),
 ])
 def test_products_are_the_exact_sums_rounded_once(n, k, rows, bias, dtype):
     if not runs_here(dtype):
@@ -73,8 +75,8 @@ def test_products_are_the_exact_sums_rounded_once(n, k, rows, bias, dtype):
     y = gemv.product(x, gemv.pack(w), None if b is None else gemv.pack_bias(b), n)
     assert y.shape == (rows, n) and y.dtype == dtype
     exact = x.double() @ w.double().T + (0 if b is None else b.double())
-    # float32 sums: at most k/16 multiply-adds per lane, 4 additions across lanes and the bias, each rounding
-    # to nearest (2^-24 of the magnitudes so far); in bf16 then one rounding to nearest (2^-8 of the value)
+    # float32 sums: k multiply-adds in turn (at most) and the bias, each rounding to nearest (2^-24 of the
+    # magnitudes so far); in bf16 then one rounding to nearest (2^-8 of the value)
     summed = (k + 5) * 2.0**-24 * (x.double().abs() @ w.double().abs().T + (0 if b is None else b.double().abs()))
     bound = summed + (2.0**-8 * (exact.abs() + summed) if dtype == torch.bfloat16 else 0)
     assert ((y.double() - exact).abs() <= bound).all()

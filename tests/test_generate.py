@@ -15,7 +15,7 @@ from transformers import (
 from nativevl import InternVL
 from nativevl.infer.generate import GenerationConfig, generate, process_logits
 
-KERNEL = "nativevl_cpu::gemv"  # the one-row kernel (model/gemv.py) as the profiler names it
+KERNEL = "nativevl_cpu::gemv"  # the few-row kernel (model/gemv.py) as the profiler names it
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_compiled_decoder_generates_what_transformers_does(pair):
 
 def test_compiled_prepacked_decoder_generates_what_transformers_does(pair):
     """`--prepack --compile` on CPU: the packed products reach torch.compile as opaque operations between the
-    fused small operations (a decode step's: the one-row kernel `nativevl_cpu::gemv` where the CPU has
+    fused small operations (a decode step's: the few-row kernel `nativevl_cpu::gemv` where the CPU has
     AVX-512, else `nativevl::packed_product`); greedy tokens equal transformers'."""
     import copy
 
@@ -170,10 +170,11 @@ def test_compiled_prepacked_decoder_generates_what_transformers_does(pair):
     assert any(e.name == step for e in prof.events())
 
 
-def test_compiled_bf16_decoder_runs_the_one_row_kernel(pair):
+def test_compiled_bf16_decoder_runs_the_few_row_kernel(pair):
     """`--prepack --compile` on a bf16 model where the CPU has AVX-512 BF16: decode steps reach torch.compile's
-    graph as the one-row kernel (`nativevl_cpu::gemv`, its output's shape registered for the compiler), the
-    prompt as oneDNN's packed bf16 product; greedy tokens equal the eager packed model's."""
+    graph as the few-row kernel (`nativevl_cpu::gemv`, its output's shape registered for the compiler), the
+    prompt (270 rows, above KERNEL_MAX_ROWS) as oneDNN's packed bf16 product; greedy tokens equal the eager
+    packed model's."""
     import copy
 
     from nativevl.infer.chat import prepack_model
@@ -247,12 +248,13 @@ def _packs(module: torch.nn.Module) -> list:
 
 def test_prepacked_weights_generate_what_transformers_does(pair):
     """`--prepack` (oneDNN-packed float32 weights on CPU): logits within float32 rounding of the plain model,
-    greedy tokens equal transformers'; q/k/v and gate/up run as one product each; above PACKED_MAX_ROWS and
-    with gradients enabled the layers fall back to their own weights."""
+    greedy tokens equal transformers'; q/k/v and gate/up run as one product each, up to KERNEL_MAX_ROWS rows
+    on the few-row kernel where the CPU runs it; above PACKED_MAX_ROWS and with gradients enabled the layers
+    fall back to their own weights."""
     import copy
 
     from nativevl.model import gemv
-    from nativevl.model.layers import PACKED_MAX_ROWS, prepack_linears
+    from nativevl.model.layers import KERNEL_MAX_ROWS, PACKED_MAX_ROWS, prepack_linears
 
     hf, ours = pair
     model = copy.deepcopy(ours)
@@ -268,9 +270,11 @@ def test_prepacked_weights_generate_what_transformers_does(pair):
     layer = model.language_model.model.layers[0]
     plain_layer = ours.language_model.model.layers[0]
     with torch.no_grad():
-        for rows in (1, 2, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1):  # above: MKL's product is faster (a prefill)
+        assert 8 <= KERNEL_MAX_ROWS < PACKED_MAX_ROWS
+        # above PACKED_MAX_ROWS MKL's product is faster (a prefill)
+        for rows in (1, 2, 9, KERNEL_MAX_ROWS, KERNEL_MAX_ROWS + 1, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1):
             x = torch.randn(1, rows, layer.mlp.up_proj.in_features)
-            kernel = rows == 1 and gemv.available(torch.float32)  # one row: the matrix-vector kernel
+            kernel = rows <= KERNEL_MAX_ROWS and gemv.available(torch.float32)
             assert _products(lambda: layer.mlp(x), KERNEL) == 2 * kernel  # gate/up, down
             assert _products(lambda: layer.mlp(x)) == (2 if rows <= PACKED_MAX_ROWS and not kernel else 0)
             got = layer.mlp(x)
@@ -296,14 +300,14 @@ def test_prepacked_bf16_follows_the_cpu(pair):
     """`--prepack` on a bf16 model. Without native bf16 products (forced here, so every CPU checks it): 1-3
     rows stay on torch's bf16 kernel (bit-identical), from 4 rows the product runs widened to float32 on the
     packed copy. With them (where this CPU has them; otherwise the default must choose widening): every row
-    count runs packed in bf16, a prompt's logits equal the plain model's, and one row (a decode step) runs on
-    the matrix-vector kernel where the CPU has AVX-512 BF16, within bf16 rounding of the exact sums, biases
-    included; the vision tower and projector keep no kernel copies."""
+    count runs packed in bf16, a prompt's logits equal the plain model's, and up to KERNEL_MAX_ROWS rows (a
+    decode step) run on the few-row kernel where the CPU has AVX-512 BF16, within bf16 rounding of the exact
+    sums, biases included; the vision tower and projector keep no kernel copies."""
     import copy
 
     from nativevl.infer.chat import prepack_model
     from nativevl.model import gemv
-    from nativevl.model.layers import BF16_PACKED_MIN_ROWS, prepack_linears
+    from nativevl.model.layers import BF16_PACKED_MIN_ROWS, KERNEL_MAX_ROWS, prepack_linears
 
     _, ours = pair
     plain = copy.deepcopy(ours).to(torch.bfloat16)
@@ -340,9 +344,10 @@ def test_prepacked_bf16_follows_the_cpu(pair):
             return
         assert count == linears
         o_proj = native.language_model.model.layers[0].self_attn.o_proj
-        for rows in (1, 9):  # one row: the matrix-vector kernel where it runs (tests/test_gemv.py), else oneDNN
+        # a few rows: the few-row kernel where it runs (tests/test_gemv.py), else oneDNN
+        for rows in (1, 9, KERNEL_MAX_ROWS + 1):
             x = torch.randn(1, rows, layer.in_features, dtype=torch.bfloat16)
-            kernel = rows == 1 and gemv.available(torch.bfloat16)
+            kernel = rows <= KERNEL_MAX_ROWS and gemv.available(torch.bfloat16)
             assert _products(lambda: o_proj(x)) == (not kernel)
             assert _products(lambda: o_proj(x), KERNEL) == kernel
             if kernel:
@@ -353,8 +358,8 @@ def test_prepacked_bf16_follows_the_cpu(pair):
                 exact = torch.cat([x.double() @ p.weight.double().T + p.bias.double() for p in qkv], -1)
                 torch.testing.assert_close(attn.packed(x).double(), exact, rtol=2**-7, atol=1e-6)
         # the language model keeps the kernel's copies; the towers that never decode do not
-        assert all((p.vector is not None) == gemv.available(torch.bfloat16) for p in _packs(native.language_model))
-        assert all(p.vector is None for p in _packs(native.vision_model) + _packs(native.mlp1))
+        assert all((p.kernel_weight is not None) == gemv.available(torch.bfloat16) for p in _packs(native.language_model))
+        assert all(p.kernel_weight is None for p in _packs(native.vision_model) + _packs(native.mlp1))
         assert torch.equal(native(a, pixel_values=pv).logits, reference)  # a prompt: oneDNN, the same sums
         if not gemv.available(torch.bfloat16):
             return

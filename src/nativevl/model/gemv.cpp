@@ -1,12 +1,17 @@
-// Matrix-vector products for CPU decode: y = x @ W.T + b for a row of x (more rows work, row by row), at
+// Products of a few rows for CPU decode: y = x @ W.T + b for the 1 to a few dozen rows of a decode step, at
 // the speed memory can deliver W, in bf16 and float32. Built on first use by nativevl/model/gemv.py
 // (torch.utils.cpp_extension) and registered as torch.ops.nativevl_cpu.gemv.
 //
-// Why: a decode step reads every weight once per token, so it is bound by read bandwidth. oneDNN's packed bf16
-// product for one row reached 22-25 GB/s where a plain read of the same bytes reached 28-35 GB/s (2-core
-// AVX-512 BF16 CPU, the 1B shape). Here W is stored in blocks of 16 rows by one 64-byte register of columns
-// (32 bf16 or 16 float32), each block contiguous and a block-row's blocks in column order, so each thread
-// reads one sequential stream. bf16 pairs are multiplied and summed in float32 by VDPBF16PS; float32 by FMA.
+// Why: a decode step reads every weight once per token, so at a few rows it is bound by read bandwidth, and
+// oneDNN's packed products fell short of it (bf16, one row: W read at 22-25 GB/s where a plain read reached
+// 28-35; float32, 8 rows: twice the time of a read; 2-core AVX-512 BF16 CPU, the 1B shape).
+//
+// Layout: W's outputs in tiles of 48 (three 16-lane registers); a tile holds, for each step along k, its 48
+// outputs' weights side by side (in bf16 two k values per output, the pair VDPBF16PS multiplies), so a tile is
+// one contiguous stream read once, in order. Each step loads three registers of W and multiplies them by each
+// row of x's value(s) at that step broadcast: up to 8 rows x 3 registers of float32 sums stay in registers
+// (an outer product per step, with no sums across lanes). More rows take further passes over a tile, which is
+// in L2 by then. Sums are float32; bf16 outputs are rounded once, to nearest even.
 //
 // Only the kernels are compiled for AVX-512 (a target pragma around them), so the library loads on any x86-64
 // CPU; gemv_supported(bf16) says whether this one runs them. Elsewhere the file builds and says unsupported.
@@ -15,7 +20,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -25,7 +32,9 @@
 
 namespace {
 
-constexpr int kRows = 16;  // rows of W per block: 16 float32 sums, 16 outputs in one register
+constexpr int kVectors = 3;               // registers of sums per row of x
+constexpr int kTile = 16 * kVectors;      // outputs per tile
+constexpr int kRows = 8;                  // rows of x per pass: 8 x 3 sums, 3 of W and a broadcast in 32 registers
 
 bool supported(bool bf16) {
 #ifdef NATIVEVL_X86
@@ -45,13 +54,15 @@ bool supported(bool bf16) {
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
 #endif
 
-// What differs between the element types: a column step's width, its loads, its multiply-add, its store.
+// What differs between the element types: k values per lane and step, x's broadcast, the multiply-add, the store.
 struct BF16 {
   using T = uint16_t;
-  using Mask = __mmask32;
-  static constexpr int kCols = 32;
-  static Mask mask(int64_t n) { return n >= kCols ? (Mask)0xFFFFFFFFu : (Mask)((1u << n) - 1); }
-  static __m512i load(Mask m, const T* p) { return _mm512_maskz_loadu_epi16(m, p); }
+  static constexpr int kDepth = 2;
+  static __m512i broadcast(const T* p) {  // x's pair at this step, in every lane
+    int32_t pair;
+    std::memcpy(&pair, p, sizeof pair);
+    return _mm512_set1_epi32(pair);
+  }
   static __m512 madd(__m512 acc, __m512i w, __m512i x) { return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x); }
   static void store(T* p, __mmask16 m, __m512 v) {  // rounded to nearest even, as every bf16 cast in torch
     _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v));
@@ -60,52 +71,56 @@ struct BF16 {
 
 struct F32 {
   using T = float;
-  using Mask = __mmask16;
-  static constexpr int kCols = 16;
-  static Mask mask(int64_t n) { return n >= kCols ? (Mask)0xFFFF : (Mask)((1u << n) - 1); }
-  static __m512i load(Mask m, const T* p) { return _mm512_castps_si512(_mm512_maskz_loadu_ps(m, p)); }
+  static constexpr int kDepth = 1;
+  static __m512i broadcast(const T* p) { return _mm512_castps_si512(_mm512_set1_ps(*p)); }
   static __m512 madd(__m512 acc, __m512i w, __m512i x) {
     return _mm512_fmadd_ps(_mm512_castsi512_ps(w), _mm512_castsi512_ps(x), acc);
   }
   static void store(T* p, __mmask16 m, __m512 v) { _mm512_mask_storeu_ps(p, m, v); }
 };
 
-// sums[i] for one row of x against the block's 16 rows of W, in one pass over the block so W is read as one
-// sequential stream: 16 accumulators, then W's 16 lines of a step loaded in memory order. (Tiles of several
-// rows of x by fewer rows of W took several passes, or kept accumulators in L1, and read W from memory at half
-// this speed: more rows go to oneDNN, see VECTOR_MAX_ROWS in layers.py.)
-template <typename E>
-inline void one_row(const typename E::T* x, int64_t k, const typename E::T* block, float* sums) {
-  const int64_t steps = (k + E::kCols - 1) / E::kCols;
-  __m512 acc[kRows];
-  for (int i = 0; i < kRows; ++i) acc[i] = _mm512_setzero_ps();
-  const typename E::T* p = block;
-  for (int64_t s = 0; s < steps; ++s, p += kRows * E::kCols) {
-    // the last step's columns beyond k are zeros in W; masked here so x is never read past its end
-    const typename E::Mask m = s + 1 == steps ? E::mask(k - s * E::kCols) : E::mask(E::kCols);
-    const __m512i xv = E::load(m, x + s * E::kCols);
-    for (int i = 0; i < kRows; ++i) acc[i] = E::madd(acc[i], _mm512_loadu_si512(p + i * E::kCols), xv);
+// R rows of x (row stride k, k = steps * depth) against one tile (steps, 48, depth) -> y's 48 columns from col.
+template <typename E, int R>
+void tile_rows(const typename E::T* x, int64_t steps, const typename E::T* tile, const float* bias,
+               typename E::T* y, int64_t n, int64_t col) {
+  const int64_t k = steps * E::kDepth;
+  __m512 acc[R][kVectors];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm512_setzero_ps();
+  const typename E::T* p = tile;
+  for (int64_t s = 0; s < steps; ++s, p += kTile * E::kDepth) {
+    __m512i w[kVectors];
+    for (int v = 0; v < kVectors; ++v) w[v] = _mm512_loadu_si512(p + v * 16 * E::kDepth);
+    for (int r = 0; r < R; ++r) {
+      const __m512i xr = E::broadcast(x + r * k + s * E::kDepth);
+      for (int v = 0; v < kVectors; ++v) acc[r][v] = E::madd(acc[r][v], w[v], xr);
+    }
   }
-  for (int i = 0; i < kRows; ++i) sums[i] = _mm512_reduce_add_ps(acc[i]);
+  for (int v = 0; v < kVectors && col + 16 * v < n; ++v) {  // the last tile's outputs past n are not stored
+    const int64_t c = col + 16 * v;
+    const __mmask16 m = n - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - c)) - 1);
+    const __m512 b = bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r) E::store(y + r * n + c, m, _mm512_add_ps(acc[r][v], b));
+  }
 }
 
-// Output blocks [first, last) for every row of x. x: (m, k); w: (blocks, steps, 16, kCols), zero padded;
-// bias: blocks * 16 float32 or null; y: (m, n).
 template <typename E>
-void blocks(const typename E::T* x, const typename E::T* w, const float* bias, typename E::T* y, int64_t m,
-            int64_t k, int64_t n, int64_t first, int64_t last) {
-  const int64_t steps = (k + E::kCols - 1) / E::kCols;
-  alignas(64) float sums[kRows];
-  for (int64_t b = first; b < last; ++b) {
-    const typename E::T* block = w + b * steps * kRows * E::kCols;
-    const int64_t col = b * kRows;
-    const __mmask16 store = n - col >= kRows ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - col)) - 1);
-    for (int64_t r = 0; r < m; ++r) {  // further rows of x find the block in L1/L2
-      one_row<E>(x + r * k, k, block, sums);
-      __m512 out = _mm512_load_ps(sums);
-      if (bias) out = _mm512_add_ps(out, _mm512_loadu_ps(bias + col));
-      E::store(y + r * n + col, store, out);
-    }
+using TileRows = void (*)(const typename E::T*, int64_t, const typename E::T*, const float*, typename E::T*,
+                          int64_t, int64_t);
+
+// Tiles [first, last) for every row of x. x: (m, steps * depth); w: (tiles, steps, 48, depth), zero padded;
+// bias: tiles * 48 float32 or null; y: (m, n).
+template <typename E>
+void tiles(const typename E::T* x, const typename E::T* w, const float* bias, typename E::T* y, int64_t m,
+           int64_t steps, int64_t n, int64_t first, int64_t last) {
+  static constexpr TileRows<E> passes[kRows] = {tile_rows<E, 1>, tile_rows<E, 2>, tile_rows<E, 3>,
+                                                tile_rows<E, 4>, tile_rows<E, 5>, tile_rows<E, 6>,
+                                                tile_rows<E, 7>, tile_rows<E, 8>};
+  const int64_t k = steps * E::kDepth;
+  for (int64_t t = first; t < last; ++t) {
+    const typename E::T* tile = w + t * steps * kTile * E::kDepth;
+    for (int64_t r = 0; r < m; r += kRows)
+      passes[std::min<int64_t>(kRows, m - r) - 1](x + r * k, steps, tile, bias, y + r * n, n, t * kTile);
   }
 }
 
@@ -120,10 +135,9 @@ void run(const at::Tensor& x, const at::Tensor& w, const float* bias, at::Tensor
   const auto* xp = reinterpret_cast<const typename E::T*>(x.data_ptr());
   const auto* wp = reinterpret_cast<const typename E::T*>(w.data_ptr());
   auto* yp = reinterpret_cast<typename E::T*>(y.data_ptr());
-  const int64_t m = x.size(0), k = x.size(1);
-  // contiguous ranges of blocks per thread: each thread streams its share of W in memory order
-  at::parallel_for(0, w.size(0), 8, [&](int64_t first, int64_t last) {
-    blocks<E>(xp, wp, bias, yp, m, k, n, first, last);
+  // contiguous ranges of tiles per thread: each thread streams its share of W in memory order
+  at::parallel_for(0, w.size(0), 4, [&](int64_t first, int64_t last) {
+    tiles<E>(xp, wp, bias, yp, x.size(0), w.size(1), n, first, last);
   });
 }
 #endif
@@ -133,20 +147,21 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const std::optional<at
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && (bf16 || x.scalar_type() == at::kFloat),
               "x: 2-d bf16 or float32 on CPU");
   TORCH_CHECK(supported(bf16), "gemv needs a CPU with AVX-512", bf16 ? " BF16" : "");
-  const int64_t cols = bf16 ? 32 : 16, m = x.size(0), k = x.size(1);
-  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == x.scalar_type() && w.dim() == 4 && w.size(2) == kRows &&
-                  w.size(3) == cols && w.is_contiguous(),
-              "w: packed by gemv.pack, (n/16, k/", cols, ", 16, ", cols, ") of x's dtype");
-  TORCH_CHECK(w.size(1) == (k + cols - 1) / cols && n <= w.size(0) * kRows && n > (w.size(0) - 1) * kRows,
-              "w's blocks do not match x's width ", k, " and n ", n);
+  const int64_t depth = bf16 ? 2 : 1, m = x.size(0), k = x.size(1);
+  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == x.scalar_type() && w.dim() == 4 && w.size(2) == kTile &&
+                  w.size(3) == depth && w.is_contiguous(),
+              "w: packed by gemv.pack, (n/48, k/", depth, ", 48, ", depth, ") of x's dtype");
+  TORCH_CHECK(w.size(1) == (k + depth - 1) / depth && n <= w.size(0) * kTile && n > (w.size(0) - 1) * kTile,
+              "w's tiles do not match x's width ", k, " and n ", n);
   const float* b = nullptr;
   if (bias) {
     TORCH_CHECK(bias->device().is_cpu() && bias->scalar_type() == at::kFloat && bias->is_contiguous() &&
-                    bias->numel() == w.size(0) * kRows,
-                "bias: float32, padded to the blocks' rows");
+                    bias->numel() == w.size(0) * kTile,
+                "bias: float32, padded to the tiles' outputs");
     b = bias->data_ptr<float>();
   }
-  const at::Tensor xc = x.contiguous();
+  // an odd k in bf16: x gets the zero that pairs with W's padding (its next value could be anything, NaN too)
+  const at::Tensor xc = k % depth ? at::constant_pad_nd(x, {0, 1}) : x.contiguous();
   at::Tensor y = at::empty({m, n}, x.options());
 #ifdef NATIVEVL_X86
   if (bf16)

@@ -1,7 +1,7 @@
-"""The matrix-vector kernel of CPU decode (gemv.cpp): built on first use with torch's own extension builder,
-used by `prepack_linears` (model/layers.py) for the few rows of a decode step, in bf16 where the CPU has
-AVX-512 BF16 and in float32 where it has AVX-512. Where it cannot be built or run, `available(dtype)` is
-False and oneDNN's products serve instead."""
+"""The few-row product kernel of CPU decode (gemv.cpp): built on first use with torch's own extension builder,
+used by `prepack_linears` (model/layers.py) for the rows of a decode step (up to KERNEL_MAX_ROWS there), in
+bf16 where the CPU has AVX-512 BF16 and in float32 where it has AVX-512. Where it cannot be built or run,
+`available(dtype)` is False and oneDNN's products serve instead."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 SOURCE = Path(__file__).with_name("gemv.cpp")
-ROWS = 16  # rows of W per block; a block's columns fill one 64-byte register (32 bf16, 16 float32)
+TILE = 48  # W's outputs per tile: three 16-lane registers of float32 sums
 DTYPES = (torch.bfloat16, torch.float32)
 
 
@@ -54,22 +54,23 @@ def _find_ninja() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
-def columns(dtype: torch.dtype) -> int:
-    return 64 // dtype.itemsize
+def depth(dtype: torch.dtype) -> int:
+    """k values per output and step: 2 in bf16 (the pair VDPBF16PS multiplies), 1 in float32."""
+    return 2 if dtype == torch.bfloat16 else 1
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
-    """(n, k) -> the kernel's layout (ceil(n/16), ceil(k/c), 16, c), c = columns(dtype), zero padded: each block
-    of 16 rows by c columns contiguous, a block-row's blocks in column order."""
+    """(n, k) -> the kernel's layout (ceil(n/48), ceil(k/d), 48, d), d = depth(dtype), zero padded: tile t holds
+    outputs 48t..48t+47, and for each step s their weights at k = s*d .. s*d+d-1 side by side."""
     n, k = weight.shape
-    c = columns(weight.dtype)
-    w = F.pad(weight.detach(), (0, -k % c, 0, -n % ROWS))
-    return w.view(w.shape[0] // ROWS, ROWS, w.shape[1] // c, c).transpose(1, 2).contiguous()
+    d = depth(weight.dtype)
+    w = F.pad(weight.detach(), (0, -k % d, 0, -n % TILE))
+    return w.view(w.shape[0] // TILE, TILE, w.shape[1] // d, d).transpose(1, 2).contiguous()
 
 
 def pack_bias(bias: torch.Tensor) -> torch.Tensor:
-    """The bias in float32, padded to the packed weight's rows (added before the result is rounded)."""
-    return F.pad(bias.detach().float(), (0, -bias.numel() % ROWS))
+    """The bias in float32, padded to the packed weight's outputs (added before the result is rounded)."""
+    return F.pad(bias.detach().float(), (0, -bias.numel() % TILE))
 
 
 def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, n: int) -> torch.Tensor:

@@ -74,11 +74,12 @@ def prepack_linears(module: nn.Module, native_bf16: bool | None = None, decodes:
       float32 and both kernels accumulate in float32: only the summation order differs. At 1-3 rows the bf16
       kernel, reading half the bytes, stays.
 
-    A product of one row (a decode step at batch 1) runs on nativevl's own matrix-vector kernel instead
+    Products of up to KERNEL_MAX_ROWS rows (a decode step, a short prompt) run on nativevl's own kernel instead
     (model/gemv.py; bf16 where the CPU has AVX-512 BF16, float32 where it has AVX-512), with one more copy in
-    its layout: oneDNN's one-row products read the weights at 22-25 GB/s of the 28-35 a plain read reaches,
-    the kernel at the plain read's speed. `decodes=False` skips that copy for modules that never see one row
-    (the vision tower and the projector).
+    its layout: oneDNN's few-row products read the weights below a plain read's speed (bf16, one row: 22-25
+    GB/s of 28-35) or, in float32, took twice the time of the read at 8 rows; the kernel reads them at the
+    plain read's speed. `decodes=False` skips that copy for modules that never see few rows (the vision tower
+    and the projector).
 
     `native_bf16`: whether this CPU multiplies bf16 natively (default: ask oneDNN). The copies cost memory (as
     much again as the weights; twice as much for widened bf16 or with the kernel's copy) and are not updated
@@ -129,10 +130,11 @@ PACKED_MAX_ROWS = 256
 # From this many rows a bf16 layer on a CPU without native bf16 is faster widened to float32 and packed (24 of
 # the 1B shape's matrices: 2 rows 15 ms bf16 vs 24 ms widened; 4 rows 30 vs 26 ms; 8 rows 59 vs 28 ms).
 BF16_PACKED_MIN_ROWS = 4
-# Up to this many rows the matrix-vector kernel (model/gemv.py) is faster than oneDNN's packed product: at 1 row
-# a decode step's products (1B shape) took 32-40 ms against oneDNN's 39-61 in bf16 and 65 against 78-85 in
-# float32; at 2 rows and more the kernel lost (bf16: 63-65 against 56-64 at 2 rows, 71-77 against 38-39 at 4).
-VECTOR_MAX_ROWS = 1
+# Up to this many rows the few-row kernel (model/gemv.py) is at least as fast as oneDNN's packed product. The 1B
+# shape's decode products, kernel against oneDNN, ms: bf16 1 row 32 / 61, 8 rows 36 / 46, 16 rows 49 / 59, 64
+# rows 164 / 175; float32 1 row 65 / 84, 8 rows 68 / 131, 64 rows 331 / 425. One layer's at 128 rows: bf16 37.4 /
+# 38.1, float32 75 / 81; at 256 even in bf16 (75 / 75), at 2048 oneDNN 7% ahead.
+KERNEL_MAX_ROWS = 128
 
 
 def _packable(layers: list[nn.Linear]) -> bool:
@@ -144,7 +146,7 @@ def _packable(layers: list[nn.Linear]) -> bool:
 
 class PackedLinear:
     """The products of one or more nn.Linear layers that read the same input, as one product of their stacked
-    weights: oneDNN-packed, and for one row the matrix-vector kernel's copy where it runs (see
+    weights: oneDNN-packed, and for a few rows the few-row kernel's copy where it runs (see
     `prepack_linears`). Call it only where `takes(x)`; it returns the layers' outputs side by side in the last
     dimension, in their order."""
 
@@ -160,12 +162,12 @@ class PackedLinear:
         if any(layer.bias is not None for layer in layers):  # a layer without one adds zeros
             self.bias = torch.cat([layer.bias.detach() if layer.bias is not None
                                    else first.new_zeros(layer.out_features) for layer in layers]).to(self.compute)
-        # a decode step's few rows: the matrix-vector kernel, on its own copy (model/gemv.py)
-        self.vector = self.vector_bias = None
+        # a decode step's few rows: nativevl's kernel, on its own copy (model/gemv.py)
+        self.kernel_weight = self.kernel_bias = None
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         if decodes and self.compute == first.dtype and gemv.available(first.dtype):
-            self.vector = gemv.pack(weight)
-            self.vector_bias = None if self.bias is None else gemv.pack_bias(self.bias)
+            self.kernel_weight = gemv.pack(weight)
+            self.kernel_bias = None if self.bias is None else gemv.pack_bias(self.bias)
 
     def takes(self, x: torch.Tensor) -> bool:
         n = x.numel() // x.shape[-1]
@@ -173,8 +175,8 @@ class PackedLinear:
         return not torch.is_grad_enabled() and x.dtype == self.dtype and n >= low and (high is None or n <= high)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.vector is not None and x.numel() <= VECTOR_MAX_ROWS * x.shape[-1]:
-            return gemv.product(x, self.vector, self.vector_bias, self.out_features)
+        if self.kernel_weight is not None and x.numel() <= KERNEL_MAX_ROWS * x.shape[-1]:
+            return gemv.product(x, self.kernel_weight, self.kernel_bias, self.out_features)
         # under torch.compile through the custom operation below; eagerly straight to oneDNN (a custom
         # operation's Python wrapper costs 6 us a call, 0.6 ms a decode step of the 1B shape)
         product = packed_product if torch.compiler.is_compiling() else _packed_product
