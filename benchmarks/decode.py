@@ -145,7 +145,7 @@ def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeat
     must come first); transformers' twin is rebuilt from its weights for each dtype.
 
     Engines: nativevl as loaded; `--prepack` (on CPU: oneDNN-packed weights, q/k/v and gate/up as one
-    product, one-row products on nativevl's matrix-vector kernel where the CPU has AVX-512); `--compile` (the
+    product, up to 128 rows on nativevl's few-row kernel where the CPU has AVX-512); `--compile` (the
     language model under torch.compile, dynamic shapes: one compilation for every batch size and cache
     length), alone and with `--prepack`; transformers' plain `generate`, and with `--compile` its static
     cache + torch.compile path. Floors: torch's default products on the model's weights ("kernel floor") and,
