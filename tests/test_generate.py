@@ -270,11 +270,12 @@ def test_prepacked_weights_generate_what_transformers_does(pair):
     layer = model.language_model.model.layers[0]
     plain_layer = ours.language_model.model.layers[0]
     with torch.no_grad():
-        assert 8 <= KERNEL_MAX_ROWS < PACKED_MAX_ROWS
+        most = KERNEL_MAX_ROWS[gemv.level()] if gemv.available(torch.float32) else 0
+        assert most < PACKED_MAX_ROWS
         # above PACKED_MAX_ROWS MKL's product is faster (a prefill)
-        for rows in (1, 2, 9, KERNEL_MAX_ROWS, KERNEL_MAX_ROWS + 1, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1):
+        for rows in sorted({1, 2, 9, most, most + 1, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1} - {0}):
             x = torch.randn(1, rows, layer.mlp.up_proj.in_features)
-            kernel = rows <= KERNEL_MAX_ROWS and gemv.available(torch.float32)
+            kernel = rows <= most
             assert _products(lambda: layer.mlp(x), KERNEL) == 2 * kernel  # gate/up, down
             assert _products(lambda: layer.mlp(x)) == (2 if rows <= PACKED_MAX_ROWS and not kernel else 0)
             got = layer.mlp(x)
@@ -296,13 +297,14 @@ def test_prepacked_weights_generate_what_transformers_does(pair):
     assert model.language_model.lm_head.weight.grad is not None
 
 
-def test_prepacked_bf16_follows_the_cpu(pair):
-    """`--prepack` on a bf16 model. Without native bf16 products (forced here, so every CPU checks it): 1-3
-    rows stay on torch's bf16 kernel (bit-identical), from 4 rows the product runs widened to float32 on the
-    packed copy. With them (where this CPU has them; otherwise the default must choose widening): every row
-    count runs packed in bf16, a prompt's logits equal the plain model's, and up to KERNEL_MAX_ROWS rows (a
-    decode step) run on the few-row kernel where the CPU has AVX-512 BF16, within bf16 rounding of the exact
-    sums, biases included; the vision tower and projector keep no kernel copies."""
+def test_prepacked_bf16_follows_the_cpu(pair, monkeypatch):
+    """`--prepack` on a bf16 model. Without native bf16 products (forced here, so every CPU checks it) and
+    without the few-row kernel: 1-3 rows stay on torch's bf16 kernel (bit-identical), from 4 rows the product
+    runs widened to float32 on the packed copy; with the kernel (where it runs) every row count up to its
+    KERNEL_MAX_ROWS goes to it. With native bf16 products (where this CPU has them; otherwise the default must
+    choose widening): every row count runs packed in bf16, a prompt's logits equal the plain model's, and up
+    to KERNEL_MAX_ROWS rows (a decode step) run on the few-row kernel where the CPU runs it, within bf16
+    rounding of the exact sums, biases included; the vision tower and projector keep no kernel copies."""
     import copy
 
     from nativevl.infer.chat import prepack_model
@@ -316,8 +318,12 @@ def test_prepacked_bf16_follows_the_cpu(pair):
             if isinstance(m, torch.nn.Linear) and m.bias is not None:
                 m.bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(m.out_features))
     linears = sum(isinstance(m, torch.nn.Linear) for m in plain.modules())
-    widened = copy.deepcopy(plain)
-    assert prepack_linears(widened, native_bf16=False) == linears and BF16_PACKED_MIN_ROWS == 4
+    widened, widened_kernel = copy.deepcopy(plain), copy.deepcopy(plain)
+    level = gemv.level()
+    assert prepack_linears(widened_kernel, native_bf16=False) == linears
+    with monkeypatch.context() as m:
+        m.setenv("NATIVEVL_GEMV", "0")
+        assert prepack_linears(widened, native_bf16=False) == linears and BF16_PACKED_MIN_ROWS == 4
     layer, plain_layer = widened.language_model.model.layers[0].self_attn.o_proj, plain.language_model.model.layers[0].self_attn.o_proj
     torch.manual_seed(0)
     a, pv = prompt([1], seed=5), pixels(1).to(torch.bfloat16)
@@ -332,6 +338,15 @@ def test_prepacked_bf16_follows_the_cpu(pair):
             else:  # exact products of bf16 values, float32 sums, one rounding to bf16
                 wide = (x.float() @ layer.weight.float().T).to(torch.bfloat16)
                 torch.testing.assert_close(got, wide, rtol=2**-7, atol=1e-6)
+        # with the kernel: bf16 read at its own width, widened in registers (levels 1-2) or VDPBF16PS (3)
+        o_kernel = widened_kernel.language_model.model.layers[0].self_attn.o_proj
+        for rows in (1, 3, 9):
+            x = torch.randn(1, rows, layer.in_features, dtype=torch.bfloat16)
+            kernel = level > 0 and rows <= KERNEL_MAX_ROWS[level]
+            assert _products(lambda: o_kernel(x), KERNEL) == kernel
+            assert _products(lambda: o_kernel(x)) == (not kernel and rows >= 4)
+            exact = x.double() @ o_kernel.weight.double().T
+            torch.testing.assert_close(o_kernel(x).double(), exact, rtol=2**-7, atol=1e-6)
         reference = plain(a, pixel_values=pv).logits
         packed = widened(a, pixel_values=pv).logits
         assert not torch.equal(reference, packed)
@@ -345,9 +360,10 @@ def test_prepacked_bf16_follows_the_cpu(pair):
         assert count == linears
         o_proj = native.language_model.model.layers[0].self_attn.o_proj
         # a few rows: the few-row kernel where it runs (tests/test_gemv.py), else oneDNN
-        for rows in (1, 9, KERNEL_MAX_ROWS + 1):
+        most = KERNEL_MAX_ROWS[level] if level else 0
+        for rows in sorted({1, 9, most, most + 1} - {0}):
             x = torch.randn(1, rows, layer.in_features, dtype=torch.bfloat16)
-            kernel = rows <= KERNEL_MAX_ROWS and gemv.available(torch.bfloat16)
+            kernel = rows <= most
             assert _products(lambda: o_proj(x)) == (not kernel)
             assert _products(lambda: o_proj(x), KERNEL) == kernel
             if kernel:

@@ -6,24 +6,26 @@
 // oneDNN's packed products fell short of it (bf16, one row: W read at 22-25 GB/s where a plain read reached
 // 28-35; float32, 8 rows: twice the time of a read; 2-core AVX-512 BF16 CPU, the 1B shape).
 //
-// Layout: W's outputs in tiles of 48 (three 16-lane registers); a tile holds, for each step along k, its 48
-// outputs' weights side by side (in bf16 two k values per output, the pair VDPBF16PS multiplies), so a tile is
-// one contiguous stream read once, in order. Each step loads three registers of W and multiplies them by each
-// row of x's value(s) at that step broadcast: up to 8 rows x 3 registers of float32 sums stay in registers
-// (an outer product per step, with no sums across lanes). More rows take further passes over a tile, which is
-// in L2 by then. Sums are float32; bf16 outputs are rounded once, to nearest even.
-//
-// Only the kernels are compiled for AVX-512 (a target pragma around them), so the library loads on any x86-64
-// CPU; gemv_supported(bf16) says whether this one runs them. Elsewhere the file builds and says unsupported.
+// How (gemv_tiles.h, the loops): W's outputs in tiles of three registers' lanes, each tile one contiguous
+// stream read once, in order; per step along k, three registers of W times each row of x's value(s) at that
+// step broadcast, every sum in a register. The loops are compiled once per instruction set, by level:
+//   1  AVX2 + FMA         8 lanes, tiles of 24 outputs, 4 rows a pass; bf16 widened to float32 in registers
+//   2  AVX-512 F/BW/VL   16 lanes, tiles of 48 outputs, 8 rows a pass; bf16 widened likewise
+//   3  + AVX-512 BF16    as 2, bf16 pairs multiplied and summed by VDPBF16PS (float32 as in 2)
+// Sums are float32; bf16 outputs are rounded once, to nearest even as torch rounds (NaN stays NaN).
+// Only the loops get the instruction sets (target pragmas), so the library loads on any x86-64 CPU;
+// gemv_level() says which this one runs. Elsewhere the file builds and says 0.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <utility>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -32,142 +34,177 @@
 
 namespace {
 
-constexpr int kVectors = 3;               // registers of sums per row of x
-constexpr int kTile = 16 * kVectors;      // outputs per tile
-constexpr int kRows = 8;                  // rows of x per pass: 8 x 3 sums, 3 of W and a broadcast in 32 registers
-
-bool supported(bool bf16) {
+int64_t level() {
 #ifdef NATIVEVL_X86
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && (!bf16 || __builtin_cpu_supports("avx512bf16"));
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    return __builtin_cpu_supports("avx512bf16") ? 3 : 2;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
 #else
-  return false;
+  return 0;
 #endif
 }
+
+int64_t tile_outputs(int64_t level) { return level == 1 ? 24 : 48; }
+
+}  // namespace
 
 #ifdef NATIVEVL_X86
+
+// --- level 1: AVX2 + FMA ---
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
+#pragma GCC target("avx2,fma")
 #endif
-
-// What differs between the element types: k values per lane and step, x's broadcast, the multiply-add, the store.
-struct BF16 {
-  using T = uint16_t;
-  static constexpr int kDepth = 2;
-  static __m512i broadcast(const T* p) {  // x's pair at this step, in every lane
-    int32_t pair;
-    std::memcpy(&pair, p, sizeof pair);
-    return _mm512_set1_epi32(pair);
+namespace avx2 {
+struct Isa {
+  using F = __m256;
+  using I = __m256i;
+  static constexpr int kLanes = 8;
+  static constexpr int kRows = 4;  // 4 x 3 sums and 3 of W in the 16 registers
+  static F zero() { return _mm256_setzero_ps(); }
+  static F loadf(const float* p) { return _mm256_loadu_ps(p); }
+  static I loadi(const uint16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static F broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F low_halves(I w) { return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)); }
+  static F high_halves(I w) { return _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(-65536))); }
+  static void store(float* p, int64_t left, F v) {
+    if (left >= kLanes) return _mm256_storeu_ps(p, v);
+    alignas(32) float part[kLanes];
+    _mm256_store_ps(part, v);
+    std::memcpy(p, part, left * sizeof(float));
   }
-  static __m512 madd(__m512 acc, __m512i w, __m512i x) { return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x); }
-  static void store(T* p, __mmask16 m, __m512 v) {  // rounded to nearest even, as every bf16 cast in torch
-    _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v));
+  static void store(uint16_t* p, int64_t left, F v) {  // round to nearest even: + 0x7FFF + the kept lsb
+    const __m256i bits = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    // 16-bit halves of the 8 lanes in order: pack within 128-bit halves, then gather the two low quarters
+    const __m128i h = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0b1000));
+    if (left >= kLanes) return _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h);
+    alignas(16) uint16_t part[kLanes];
+    _mm_store_si128(reinterpret_cast<__m128i*>(part), h);
+    std::memcpy(p, part, left * sizeof(uint16_t));
   }
 };
-
-struct F32 {
-  using T = float;
-  static constexpr int kDepth = 1;
-  static __m512i broadcast(const T* p) { return _mm512_castps_si512(_mm512_set1_ps(*p)); }
-  static __m512 madd(__m512 acc, __m512i w, __m512i x) {
-    return _mm512_fmadd_ps(_mm512_castsi512_ps(w), _mm512_castsi512_ps(x), acc);
-  }
-  static void store(T* p, __mmask16 m, __m512 v) { _mm512_mask_storeu_ps(p, m, v); }
-};
-
-// R rows of x (row stride k, k = steps * depth) against one tile (steps, 48, depth) -> y's 48 columns from col.
-template <typename E, int R>
-void tile_rows(const typename E::T* x, int64_t steps, const typename E::T* tile, const float* bias,
-               typename E::T* y, int64_t n, int64_t col) {
-  const int64_t k = steps * E::kDepth;
-  __m512 acc[R][kVectors];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm512_setzero_ps();
-  const typename E::T* p = tile;
-  for (int64_t s = 0; s < steps; ++s, p += kTile * E::kDepth) {
-    __m512i w[kVectors];
-    for (int v = 0; v < kVectors; ++v) w[v] = _mm512_loadu_si512(p + v * 16 * E::kDepth);
-    for (int r = 0; r < R; ++r) {
-      const __m512i xr = E::broadcast(x + r * k + s * E::kDepth);
-      for (int v = 0; v < kVectors; ++v) acc[r][v] = E::madd(acc[r][v], w[v], xr);
-    }
-  }
-  for (int v = 0; v < kVectors && col + 16 * v < n; ++v) {  // the last tile's outputs past n are not stored
-    const int64_t c = col + 16 * v;
-    const __mmask16 m = n - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - c)) - 1);
-    const __m512 b = bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
-    for (int r = 0; r < R; ++r) E::store(y + r * n + c, m, _mm512_add_ps(acc[r][v], b));
-  }
-}
-
-template <typename E>
-using TileRows = void (*)(const typename E::T*, int64_t, const typename E::T*, const float*, typename E::T*,
-                          int64_t, int64_t);
-
-// Tiles [first, last) for every row of x. x: (m, steps * depth); w: (tiles, steps, 48, depth), zero padded;
-// bias: tiles * 48 float32 or null; y: (m, n).
-template <typename E>
-void tiles(const typename E::T* x, const typename E::T* w, const float* bias, typename E::T* y, int64_t m,
-           int64_t steps, int64_t n, int64_t first, int64_t last) {
-  static constexpr TileRows<E> passes[kRows] = {tile_rows<E, 1>, tile_rows<E, 2>, tile_rows<E, 3>,
-                                                tile_rows<E, 4>, tile_rows<E, 5>, tile_rows<E, 6>,
-                                                tile_rows<E, 7>, tile_rows<E, 8>};
-  const int64_t k = steps * E::kDepth;
-  for (int64_t t = first; t < last; ++t) {
-    const typename E::T* tile = w + t * steps * kTile * E::kDepth;
-    for (int64_t r = 0; r < m; r += kRows)
-      passes[std::min<int64_t>(kRows, m - r) - 1](x + r * k, steps, tile, bias, y + r * n, n, t * kTile);
-  }
-}
-
+#define NATIVEVL_DOT_BF16 0
+#include "gemv_tiles.h"
+#undef NATIVEVL_DOT_BF16
+}  // namespace avx2
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
 #pragma GCC pop_options
 #endif
 
-template <typename E>
-void run(const at::Tensor& x, const at::Tensor& w, const float* bias, at::Tensor& y, int64_t n) {
-  const auto* xp = reinterpret_cast<const typename E::T*>(x.data_ptr());
-  const auto* wp = reinterpret_cast<const typename E::T*>(w.data_ptr());
-  auto* yp = reinterpret_cast<typename E::T*>(y.data_ptr());
-  // contiguous ranges of tiles per thread: each thread streams its share of W in memory order
-  at::parallel_for(0, w.size(0), 4, [&](int64_t first, int64_t last) {
-    tiles<E>(xp, wp, bias, yp, x.size(0), w.size(1), n, first, last);
-  });
-}
+// --- levels 2 and 3: AVX-512 (level 3's VDPBF16PS only in BF16Dot, run only where the CPU has it) ---
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
+#endif
+namespace avx512 {
+struct Isa {
+  using F = __m512;
+  using I = __m512i;
+  static constexpr int kLanes = 16;
+  static constexpr int kRows = 8;  // 8 x 3 sums, 3 of W and a broadcast in the 32 registers
+  static F zero() { return _mm512_setzero_ps(); }
+  static F loadf(const float* p) { return _mm512_loadu_ps(p); }
+  static I loadi(const uint16_t* p) { return _mm512_loadu_si512(p); }
+  static F broadcast(const float* p) { return _mm512_set1_ps(*p); }
+  static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F low_halves(I w) { return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)); }
+  static F high_halves(I w) { return _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(-65536))); }
+  static __mmask16 mask(int64_t left) { return left >= kLanes ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+  static void store(float* p, int64_t left, F v) { _mm512_mask_storeu_ps(p, mask(left), v); }
+  static void store(uint16_t* p, int64_t left, F v) {  // round to nearest even: + 0x7FFF + the kept lsb
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+    _mm256_mask_storeu_epi16(p, mask(left), _mm512_cvtepi32_epi16(r));
+  }
+  static I broadcast_pair(const uint16_t* p) {  // x's pair at this step, in every lane
+    int32_t pair;
+    std::memcpy(&pair, p, sizeof pair);
+    return _mm512_set1_epi32(pair);
+  }
+  static F dot(F acc, I w, I x) { return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x); }
+};
+#define NATIVEVL_DOT_BF16 1
+#include "gemv_tiles.h"
+#undef NATIVEVL_DOT_BF16
+}  // namespace avx512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
 #endif
 
-at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, int64_t n) {
+namespace {
+
+// Contiguous ranges of tiles per thread: each thread streams its share of W in memory order.
+template <typename Kind>
+void run(void (*tiles)(const typename Kind::X*, const typename Kind::W*, const float*, typename Kind::Y*, int64_t,
+                       int64_t, int64_t, int64_t, int64_t),
+         const at::Tensor& x, const at::Tensor& w, const float* bias, at::Tensor& y, int64_t n) {
+  const auto* xp = reinterpret_cast<const typename Kind::X*>(x.data_ptr());
+  const auto* wp = reinterpret_cast<const typename Kind::W*>(w.data_ptr());
+  auto* yp = reinterpret_cast<typename Kind::Y*>(y.data_ptr());
+  at::parallel_for(0, w.size(0), 4, [&](int64_t first, int64_t last) {
+    tiles(xp, wp, bias, yp, x.size(0), w.size(1), n, first, last);
+  });
+}
+
+}  // namespace
+#endif
+
+namespace {
+
+at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, int64_t n,
+                int64_t lvl) {
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && (bf16 || x.scalar_type() == at::kFloat),
               "x: 2-d bf16 or float32 on CPU");
-  TORCH_CHECK(supported(bf16), "gemv needs a CPU with AVX-512", bf16 ? " BF16" : "");
-  const int64_t depth = bf16 ? 2 : 1, m = x.size(0), k = x.size(1);
-  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == x.scalar_type() && w.dim() == 4 && w.size(2) == kTile &&
+  TORCH_CHECK(lvl >= 1 && lvl <= 3, "level ", lvl, ": 1 (AVX2), 2 (AVX-512) or 3 (AVX-512 BF16)");
+  TORCH_CHECK(lvl <= level(), "gemv level ", lvl, " needs a CPU with ",
+              lvl == 1 ? "AVX2 and FMA" : lvl == 2 ? "AVX-512" : "AVX-512 BF16");
+  const int64_t depth = bf16 ? 2 : 1, m = x.size(0), k = x.size(1), tile = tile_outputs(lvl);
+  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == x.scalar_type() && w.dim() == 4 && w.size(2) == tile &&
                   w.size(3) == depth && w.is_contiguous(),
-              "w: packed by gemv.pack, (n/48, k/", depth, ", 48, ", depth, ") of x's dtype");
-  TORCH_CHECK(w.size(1) == (k + depth - 1) / depth && n <= w.size(0) * kTile && n > (w.size(0) - 1) * kTile,
+              "w: packed by gemv.pack for level ", lvl, ", (n/", tile, ", k/", depth, ", ", tile, ", ", depth,
+              ") of x's dtype");
+  TORCH_CHECK(w.size(1) == (k + depth - 1) / depth && n <= w.size(0) * tile && n > (w.size(0) - 1) * tile,
               "w's tiles do not match x's width ", k, " and n ", n);
   const float* b = nullptr;
   if (bias) {
     TORCH_CHECK(bias->device().is_cpu() && bias->scalar_type() == at::kFloat && bias->is_contiguous() &&
-                    bias->numel() == w.size(0) * kTile,
+                    bias->numel() == w.size(0) * tile,
                 "bias: float32, padded to the tiles' outputs");
     b = bias->data_ptr<float>();
   }
   // an odd k in bf16: x gets the zero that pairs with W's padding (its next value could be anything, NaN too)
-  const at::Tensor xc = k % depth ? at::constant_pad_nd(x, {0, 1}) : x.contiguous();
+  at::Tensor xc = k % depth ? at::constant_pad_nd(x, {0, 1}) : x.contiguous();
+  if (bf16 && lvl < 3) xc = xc.to(at::kFloat);  // widened once here; the loops widen W in registers
   at::Tensor y = at::empty({m, n}, x.options());
 #ifdef NATIVEVL_X86
-  if (bf16)
-    run<BF16>(xc, w, b, y, n);
+  if (lvl == 1 && bf16)
+    run<avx2::BF16Widened>(&avx2::tiles<avx2::BF16Widened>, xc, w, b, y, n);
+  else if (lvl == 1)
+    run<avx2::F32>(&avx2::tiles<avx2::F32>, xc, w, b, y, n);
+  else if (!bf16)
+    run<avx512::F32>(&avx512::tiles<avx512::F32>, xc, w, b, y, n);
+  else if (lvl == 2)
+    run<avx512::BF16Widened>(&avx512::tiles<avx512::BF16Widened>, xc, w, b, y, n);
   else
-    run<F32>(xc, w, b, y, n);
+    run<avx512::BF16Dot>(&avx512::tiles<avx512::BF16Dot>, xc, w, b, y, n);
 #endif
   return y;
 }
@@ -175,8 +212,9 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const std::optional<at
 }  // namespace
 
 TORCH_LIBRARY(nativevl_cpu, lib) {
-  lib.def("gemv(Tensor x, Tensor w, Tensor? bias, int n) -> Tensor");
-  lib.def("gemv_supported(bool bf16) -> bool", &supported);
+  lib.def("gemv(Tensor x, Tensor w, Tensor? bias, int n, int level) -> Tensor");
+  lib.def("gemv_level() -> int", &level);
+  lib.def("gemv_tile(int level) -> int", &tile_outputs);
 }
 
 TORCH_LIBRARY_IMPL(nativevl_cpu, CPU, lib) { lib.impl("gemv", gemv); }

@@ -74,12 +74,12 @@ def prepack_linears(module: nn.Module, native_bf16: bool | None = None, decodes:
       float32 and both kernels accumulate in float32: only the summation order differs. At 1-3 rows the bf16
       kernel, reading half the bytes, stays.
 
-    Products of up to KERNEL_MAX_ROWS rows (a decode step, a short prompt) run on nativevl's own kernel instead
-    (model/gemv.py; bf16 where the CPU has AVX-512 BF16, float32 where it has AVX-512), with one more copy in
-    its layout: oneDNN's few-row products read the weights below a plain read's speed (bf16, one row: 22-25
-    GB/s of 28-35) or, in float32, took twice the time of the read at 8 rows; the kernel reads them at the
-    plain read's speed. `decodes=False` skips that copy for modules that never see few rows (the vision tower
-    and the projector).
+    Products of up to KERNEL_MAX_ROWS[level] rows (a decode step, a short prompt) run on nativevl's own kernel
+    instead (model/gemv.py; float32 and bf16 where the CPU has AVX2 + FMA or AVX-512, bf16 read at its own
+    width even where the CPU has no bf16 products), with one more copy in its layout: oneDNN's few-row products
+    read the weights below a plain read's speed (bf16, one row: 22-25 GB/s of 28-35) or, in float32, took
+    twice the time of the read at 8 rows; the kernel reads them at the plain read's speed. `decodes=False`
+    skips that copy for modules that never see few rows (the vision tower and the projector).
 
     `native_bf16`: whether this CPU multiplies bf16 natively (default: ask oneDNN). The copies cost memory (as
     much again as the weights; twice as much for widened bf16 or with the kernel's copy) and are not updated
@@ -130,11 +130,14 @@ PACKED_MAX_ROWS = 256
 # From this many rows a bf16 layer on a CPU without native bf16 is faster widened to float32 and packed (24 of
 # the 1B shape's matrices: 2 rows 15 ms bf16 vs 24 ms widened; 4 rows 30 vs 26 ms; 8 rows 59 vs 28 ms).
 BF16_PACKED_MIN_ROWS = 4
-# Up to this many rows the few-row kernel (model/gemv.py) is at least as fast as oneDNN's packed product. The 1B
-# shape's decode products, kernel against oneDNN, ms: bf16 1 row 32 / 61, 8 rows 36 / 46, 16 rows 49 / 59, 64
-# rows 164 / 175; float32 1 row 65 / 84, 8 rows 68 / 131, 64 rows 331 / 425. One layer's at 128 rows: bf16 37.4 /
-# 38.1, float32 75 / 81; at 256 even in bf16 (75 / 75), at 2048 oneDNN 7% ahead.
-KERNEL_MAX_ROWS = 128
+# Up to this many rows, by the kernel's level (model/gemv.py), the few-row kernel is at least as fast as oneDNN's
+# packed product. The 1B shape's decode products on the AVX-512 BF16 CPU, kernel against oneDNN, ms: level 3 bf16
+# 1 row 32 / 61, 8 rows 36 / 46, 16 rows 49 / 59, 64 rows 164 / 175; float32 1 row 65 / 84, 8 rows 68 / 131, 64
+# rows 331 / 425; four layers at 128 rows: bf16 37.8 / 38.1 (at 256 even, at 2048 oneDNN 7% ahead), float32 75 /
+# 89. Level 2's bf16 (widened in registers) against oneDNN's widened float32 there: 5.6 / 15.7 ms at 8 rows, 78.5
+# / 79.9 at 128. Level 1 (AVX2, run on that CPU, against oneDNN's AVX-512 products): float32 13.1 / 15.5 at 8
+# rows but 18.3 / 17.5 at 12; bf16 29.0 / 29.8 at 32.
+KERNEL_MAX_ROWS = {1: 8, 2: 128, 3: 128}
 
 
 def _packable(layers: list[nn.Linear]) -> bool:
@@ -165,18 +168,25 @@ class PackedLinear:
         # a decode step's few rows: nativevl's kernel, on its own copy (model/gemv.py)
         self.kernel_weight = self.kernel_bias = None
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-        if decodes and self.compute == first.dtype and gemv.available(first.dtype):
-            self.kernel_weight = gemv.pack(weight)
-            self.kernel_bias = None if self.bias is None else gemv.pack_bias(self.bias)
+        self.kernel_level = gemv.level()
+        if decodes and first.dtype in gemv.DTYPES and self.kernel_level:
+            weight = torch.cat([layer.weight.detach() for layer in layers])  # in its own dtype (bf16 widened)
+            bias = None if self.bias is None else self.bias.to(first.dtype)
+            self.kernel_weight = gemv.pack(weight, self.kernel_level)
+            self.kernel_bias = None if bias is None else gemv.pack_bias(bias, self.kernel_level)
 
     def takes(self, x: torch.Tensor) -> bool:
         n = x.numel() // x.shape[-1]
+        if torch.is_grad_enabled() or x.dtype != self.dtype:
+            return False
+        if self.kernel_weight is not None and n <= KERNEL_MAX_ROWS[self.kernel_level]:
+            return True
         low, high = self.rows
-        return not torch.is_grad_enabled() and x.dtype == self.dtype and n >= low and (high is None or n <= high)
+        return n >= low and (high is None or n <= high)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel_weight is not None and x.numel() <= KERNEL_MAX_ROWS * x.shape[-1]:
-            return gemv.product(x, self.kernel_weight, self.kernel_bias, self.out_features)
+        if self.kernel_weight is not None and x.numel() <= KERNEL_MAX_ROWS[self.kernel_level] * x.shape[-1]:
+            return gemv.product(x, self.kernel_weight, self.kernel_bias, self.out_features, self.kernel_level)
         # under torch.compile through the custom operation below; eagerly straight to oneDNN (a custom
         # operation's Python wrapper costs 6 us a call, 0.6 ms a decode step of the 1B shape)
         product = packed_product if torch.compiler.is_compiling() else _packed_product
