@@ -22,7 +22,7 @@ inline void finish(const typename Isa::F (&acc)[R][kVectors], const float* bias,
 }
 
 // Each kind of product: the types of x as the loop reads it, of W and of y, k values per step (depth), and
-// rows<R>: R rows of x against one tile.
+// step<R>: one step of R rows of x (row r at x + r * k) against the tile's registers at p, into the sums.
 
 // float32 W, float32 x: one FMA per row and register, x's value read as a broadcast.
 struct F32 {
@@ -31,25 +31,17 @@ struct F32 {
   using Y = float;
   static constexpr int kDepth = 1;
   template <int R>
-  static void rows(const float* x, int64_t steps, const float* tile, const float* bias, float* y, int64_t n,
-                   int64_t col) {
-    typename Isa::F acc[R][kVectors];
-    for (auto& row : acc)
-      for (auto& a : row) a = Isa::zero();
-    const float* p = tile;
-    for (int64_t s = 0; s < steps; ++s, p += kTile) {
-      typename Isa::F w[kVectors];
-      for (int v = 0; v < kVectors; ++v) w[v] = Isa::loadf(p + v * Isa::kLanes);
-      for (int r = 0; r < R; ++r) {
-        const typename Isa::F xr = Isa::broadcast(x + r * steps + s);
-        for (int v = 0; v < kVectors; ++v) acc[r][v] = Isa::fmadd(w[v], xr, acc[r][v]);
-      }
+  static void step(typename Isa::F (&acc)[R][kVectors], const float* p, const float* x, int64_t k) {
+    typename Isa::F w[kVectors];
+    for (int v = 0; v < kVectors; ++v) w[v] = Isa::loadf(p + v * Isa::kLanes);
+    for (int r = 0; r < R; ++r) {
+      const typename Isa::F xr = Isa::broadcast(x + r * k);
+      for (int v = 0; v < kVectors; ++v) acc[r][v] = Isa::fmadd(w[v], xr, acc[r][v]);
     }
-    finish<R>(acc, bias, n, col, y);
   }
 };
 
-// bf16 W widened in registers (a bf16 is the upper half of its float32), x already widened to float32 (xf):
+// bf16 W widened in registers (a bf16 is the upper half of its float32), x already widened to float32:
 // per register of W pairs, the even k's values and the odd k's, two FMAs per row. For CPUs without
 // VDPBF16PS; W is still read at two bytes a value.
 struct BF16Widened {
@@ -58,23 +50,15 @@ struct BF16Widened {
   using Y = uint16_t;
   static constexpr int kDepth = 2;
   template <int R>
-  static void rows(const float* xf, int64_t steps, const uint16_t* tile, const float* bias, uint16_t* y,
-                   int64_t n, int64_t col) {
-    typename Isa::F acc[R][kVectors];
-    for (auto& row : acc)
-      for (auto& a : row) a = Isa::zero();
-    const uint16_t* p = tile;
-    for (int64_t s = 0; s < steps; ++s, p += 2 * kTile) {
-      for (int v = 0; v < kVectors; ++v) {
-        const typename Isa::I w = Isa::loadi(p + 2 * v * Isa::kLanes);
-        const typename Isa::F even = Isa::low_halves(w), odd = Isa::high_halves(w);
-        for (int r = 0; r < R; ++r) {
-          const float* xr = xf + r * 2 * steps + 2 * s;
-          acc[r][v] = Isa::fmadd(odd, Isa::broadcast(xr + 1), Isa::fmadd(even, Isa::broadcast(xr), acc[r][v]));
-        }
+  static void step(typename Isa::F (&acc)[R][kVectors], const uint16_t* p, const float* x, int64_t k) {
+    for (int v = 0; v < kVectors; ++v) {
+      const typename Isa::I w = Isa::loadi(p + 2 * v * Isa::kLanes);
+      const typename Isa::F even = Isa::low_halves(w), odd = Isa::high_halves(w);
+      for (int r = 0; r < R; ++r) {
+        const typename Isa::F sum = Isa::fmadd(even, Isa::broadcast(x + r * k), acc[r][v]);
+        acc[r][v] = Isa::fmadd(odd, Isa::broadcast(x + r * k + 1), sum);
       }
     }
-    finish<R>(acc, bias, n, col, y);
   }
 };
 
@@ -86,28 +70,35 @@ struct BF16Dot {
   using Y = uint16_t;
   static constexpr int kDepth = 2;
   template <int R>
-  static void rows(const uint16_t* x, int64_t steps, const uint16_t* tile, const float* bias, uint16_t* y,
-                   int64_t n, int64_t col) {
-    typename Isa::F acc[R][kVectors];
-    for (auto& row : acc)
-      for (auto& a : row) a = Isa::zero();
-    const uint16_t* p = tile;
-    for (int64_t s = 0; s < steps; ++s, p += 2 * kTile) {
-      typename Isa::I w[kVectors];
-      for (int v = 0; v < kVectors; ++v) w[v] = Isa::loadi(p + 2 * v * Isa::kLanes);
-      for (int r = 0; r < R; ++r) {
-        const typename Isa::I xr = Isa::broadcast_pair(x + r * 2 * steps + 2 * s);
-        for (int v = 0; v < kVectors; ++v) acc[r][v] = Isa::dot(acc[r][v], w[v], xr);
-      }
+  static void step(typename Isa::F (&acc)[R][kVectors], const uint16_t* p, const uint16_t* x, int64_t k) {
+    typename Isa::I w[kVectors];
+    for (int v = 0; v < kVectors; ++v) w[v] = Isa::loadi(p + 2 * v * Isa::kLanes);
+    for (int r = 0; r < R; ++r) {
+      const typename Isa::I xr = Isa::broadcast_pair(x + r * k);
+      for (int v = 0; v < kVectors; ++v) acc[r][v] = Isa::dot(acc[r][v], w[v], xr);
     }
-    finish<R>(acc, bias, n, col, y);
   }
 };
 #endif
 
+// R rows of x (row stride k = steps * depth) against one tile, from its first step to its last: W read once,
+// in order.
+template <typename Kind, int R>
+void rows(const typename Kind::X* x, int64_t steps, const typename Kind::W* tile, const float* bias,
+          typename Kind::Y* y, int64_t n, int64_t col) {
+  typename Isa::F acc[R][kVectors];
+  for (auto& row : acc)
+    for (auto& a : row) a = Isa::zero();
+  const int64_t k = steps * Kind::kDepth;
+  const typename Kind::W* p = tile;
+  for (int64_t s = 0; s < steps; ++s, p += kTile * Kind::kDepth)
+    Kind::template step<R>(acc, p, x + s * Kind::kDepth, k);
+  finish<R>(acc, bias, n, col, y);
+}
+
 template <typename Kind, int... R>
 constexpr auto passes(std::integer_sequence<int, R...>) {  // passes[R - 1]: R rows of x at once
-  return std::array{&Kind::template rows<R + 1>...};
+  return std::array{&rows<Kind, R + 1>...};
 }
 
 // Tiles [first, last) for every row of x, Isa::kRows rows a pass (further passes find the tile in L2).
