@@ -29,16 +29,17 @@ def rope_inv_freq(cfg: TextConfig, position_ids: torch.Tensor) -> torch.Tensor:
     agree for prefill plus decoding (positions only grow) and differ only when a long call follows a longer one.
     """
     dim = cfg.head_dim
-    base: float | torch.Tensor = cfg.rope_theta
-    scaling = cfg.rope_scaling  # normalised by TextConfig: None or {"type": "dynamic", "factor": f}
-    if scaling is not None and position_ids.numel():
-        limit = cfg.max_position_embeddings
-        seq_len = position_ids.float().max() + 1
-        if seq_len > limit:
-            factor = scaling["factor"]
-            base = base * ((factor * seq_len / limit) - (factor - 1)) ** (dim / (dim - 2))
     exponents = torch.arange(0, dim, 2, dtype=torch.int64, device=position_ids.device).float() / dim
-    return 1.0 / (base**exponents)
+    plain = 1.0 / (cfg.rope_theta**exponents)
+    scaling = cfg.rope_scaling  # normalised by TextConfig: None or {"type": "dynamic", "factor": f}
+    if scaling is None or not position_ids.numel():
+        return plain
+    limit, factor = cfg.max_position_embeddings, scaling["factor"]
+    seq_len = position_ids.float().max() + 1
+    base = cfg.rope_theta * ((factor * seq_len / limit) - (factor - 1)) ** (dim / (dim - 2))
+    # both tables and a select rather than `if seq_len > limit`: a branch on a tensor splits a compiled decode
+    # step into separate graphs (8 per step of the 1B, each with its guards), and plain RoPE keeps its bits
+    return torch.where(seq_len > limit, 1.0 / (base**exponents), plain)
 
 
 def rope_cos_sin(
