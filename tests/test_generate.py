@@ -234,7 +234,7 @@ def test_static_cache_decoder_generates_what_transformers_does(pair, tmp_path):
             torch.testing.assert_close(static_logits, eager_logits, rtol=1e-5, atol=1e-5)
 
 def _products(fn, kind: str = "_linear_pointwise") -> int:  # noqa: ANN001
-    """How many oneDNN packed products (or, kind=KERNEL, one-row kernel products) `fn()` ran."""
+    """How many oneDNN packed products (or, kind=KERNEL, few-row kernel products) `fn()` ran."""
     with torch.profiler.profile() as prof:
         fn()
     return sum(kind in e.name for e in prof.events())

@@ -256,7 +256,7 @@ def _device(model: InternVL) -> torch.device:
 
 def prepack_model(model: InternVL) -> int:
     """`prepack_linears` over the whole model (model/layers.py); the vision tower and the projector, which never
-    see a single row, skip the one-row kernel's copy. Returns the number of layers packed."""
+    see a few rows, skip the few-row kernel's copy. Returns the number of layers packed."""
     return (prepack_linears(model.vision_model, decodes=False) + prepack_linears(model.mlp1, decodes=False)
             + prepack_linears(model.language_model))
 
