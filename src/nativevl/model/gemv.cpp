@@ -45,7 +45,7 @@ int64_t level() {
 #endif
 }
 
-int64_t tile_outputs(int64_t level) { return level == 1 ? 24 : 48; }
+int64_t tile_outputs(int64_t level) { return level == 1 ? 24 : 48; }  // as gemv.tile in Python
 
 }  // namespace
 
@@ -214,7 +214,6 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const std::optional<at
 TORCH_LIBRARY(nativevl_cpu, lib) {
   lib.def("gemv(Tensor x, Tensor w, Tensor? bias, int n, int level) -> Tensor");
   lib.def("gemv_level() -> int", &level);
-  lib.def("gemv_tile(int level) -> int", &tile_outputs);
 }
 
 TORCH_LIBRARY_IMPL(nativevl_cpu, CPU, lib) { lib.impl("gemv", gemv); }

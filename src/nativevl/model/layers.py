@@ -170,10 +170,11 @@ class PackedLinear:
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self.kernel_level = gemv.level()
         if decodes and first.dtype in gemv.DTYPES and self.kernel_level:
-            weight = torch.cat([layer.weight.detach() for layer in layers])  # in its own dtype (bf16 widened)
-            bias = None if self.bias is None else self.bias.to(first.dtype)
+            if self.compute != first.dtype:  # bf16 widened for oneDNN: the kernel reads it in bf16
+                weight = torch.cat([layer.weight.detach() for layer in layers])
             self.kernel_weight = gemv.pack(weight, self.kernel_level)
-            self.kernel_bias = None if bias is None else gemv.pack_bias(bias, self.kernel_level)
+            # float32 in the kernel (a widened bf16 bias is exact)
+            self.kernel_bias = None if self.bias is None else gemv.pack_bias(self.bias, self.kernel_level)
 
     def takes(self, x: torch.Tensor) -> bool:
         n = x.numel() // x.shape[-1]
