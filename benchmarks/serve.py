@@ -1,6 +1,7 @@
 """Server throughput: 16 concurrent clients against the same requests sent one at a time.
 
     python benchmarks/serve.py [--preset internvl3-1b] [--clients 16] [--requests 16] [--max-tokens 32]
+                               [--serve-flags="--prepack --dtype bfloat16"]
 
 Builds a model of the preset's shape with random weights (no download) and a tokenizer from a small embedded
 world, starts `nativevl serve` on loopback, and sends text prompts (~40 tokens each) through the real HTTP
@@ -46,12 +47,12 @@ def build(folder: Path, preset_name: str) -> None:
             (folder / name).write_bytes((world / "tokenizer" / name).read_bytes())
 
 
-def start(folder: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+def start(folder: Path, max_batch: int, flags: list[str]) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "nativevl", "serve", str(folder), "--port", str(port),
-                             "--max-batch", str(max_batch), "--model-name", "bench"],
+                             "--max-batch", str(max_batch), "--model-name", "bench", *flags],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -95,11 +96,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--serve-flags", default="", help="more `nativevl serve` options, e.g. '--prepack'")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
         build(folder, args.preset)
-        proc, url = start(folder, max_batch=args.clients)
+        proc, url = start(folder, max_batch=args.clients, flags=args.serve_flags.split())
         try:
             ask(url, -1, 4)  # warm-up
             modes = {"one at a time": 1, f"{args.clients} concurrent clients": args.clients}
@@ -111,8 +113,8 @@ def main() -> None:
             proc.wait(timeout=120)
     one, many = (results[m] for m in modes)
     ratio = statistics.median(r["tokens_per_s"] for r in many) / statistics.median(r["tokens_per_s"] for r in one)
-    print(f"# nativevl serve: {args.preset} shape, random weights, float32, {args.requests} requests of "
-          f"{args.max_tokens} tokens, median of {args.repeats} (min..max)")
+    print(f"# nativevl serve {args.serve_flags or '(no flags)'}: {args.preset} shape, random weights, "
+          f"{args.requests} requests of {args.max_tokens} tokens, median of {args.repeats} (min..max)")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; largest batch seen {max_running}")
     print("| mode | completion tokens/s | median request latency (s) | wall (s) |")
