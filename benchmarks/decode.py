@@ -145,9 +145,9 @@ def run(model, dtypes: list[torch.dtype], batches: list[int], steps: int, repeat
     must come first); transformers' twin is rebuilt from its weights for each dtype.
 
     Engines: nativevl as loaded; `--prepack` (on CPU: oneDNN-packed weights, q/k/v and gate/up as one
-    product, up to 128 rows on nativevl's few-row kernel where the CPU has AVX-512); `--compile` (the
-    language model under torch.compile, dynamic shapes: one compilation for every batch size and cache
-    length), alone and with `--prepack`; transformers' plain `generate`, and with `--compile` its static
+    product, a decode step's rows on nativevl's few-row kernel where the CPU has AVX2 or AVX-512);
+    `--compile` (the language model under torch.compile, dynamic shapes: one compilation for every batch size
+    and cache length), alone and with `--prepack`; transformers' plain `generate`, and with `--compile` its static
     cache + torch.compile path. Floors: torch's default products on the model's weights ("kernel floor") and,
     on a CPU, the products `--prepack` makes ("packed floor"); the bandwidth bound is a plain read of the
     step's weight bytes in turns with each group of engines."""

@@ -5,7 +5,7 @@
 - the kernel floor of a decode step: the language model's matrix products alone, on the model's own weights,
   for a batch of B single-token rows (no attention, norms, rotary or Python around them); on a CPU also the
   packed floor, the same products as `prepack_linears` makes them (oneDNN-packed, q/k/v and gate/up as one;
-  up to 128 rows through nativevl's few-row kernel where the CPU has AVX-512).
+  a decode step's rows through nativevl's few-row kernel where the CPU has AVX2 or AVX-512).
 """
 
 from __future__ import annotations

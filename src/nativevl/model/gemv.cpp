@@ -151,13 +151,12 @@ struct Isa {
 namespace {
 
 // Contiguous ranges of tiles per thread: each thread streams its share of W in memory order.
-template <typename Kind>
-void run(void (*tiles)(const typename Kind::X*, const typename Kind::W*, const float*, typename Kind::Y*, int64_t,
-                       int64_t, int64_t, int64_t, int64_t),
+template <typename X, typename W, typename Y>
+void run(void (*tiles)(const X*, const W*, const float*, Y*, int64_t, int64_t, int64_t, int64_t, int64_t),
          const at::Tensor& x, const at::Tensor& w, const float* bias, at::Tensor& y, int64_t n) {
-  const auto* xp = reinterpret_cast<const typename Kind::X*>(x.data_ptr());
-  const auto* wp = reinterpret_cast<const typename Kind::W*>(w.data_ptr());
-  auto* yp = reinterpret_cast<typename Kind::Y*>(y.data_ptr());
+  const auto* xp = reinterpret_cast<const X*>(x.data_ptr());
+  const auto* wp = reinterpret_cast<const W*>(w.data_ptr());
+  auto* yp = reinterpret_cast<Y*>(y.data_ptr());
   at::parallel_for(0, w.size(0), 4, [&](int64_t first, int64_t last) {
     tiles(xp, wp, bias, yp, x.size(0), w.size(1), n, first, last);
   });
@@ -196,15 +195,15 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const std::optional<at
   at::Tensor y = at::empty({m, n}, x.options());
 #ifdef NATIVEVL_X86
   if (lvl == 1 && bf16)
-    run<avx2::BF16Widened>(&avx2::tiles<avx2::BF16Widened>, xc, w, b, y, n);
+    run(&avx2::tiles<avx2::BF16Widened>, xc, w, b, y, n);
   else if (lvl == 1)
-    run<avx2::F32>(&avx2::tiles<avx2::F32>, xc, w, b, y, n);
+    run(&avx2::tiles<avx2::F32>, xc, w, b, y, n);
   else if (!bf16)
-    run<avx512::F32>(&avx512::tiles<avx512::F32>, xc, w, b, y, n);
+    run(&avx512::tiles<avx512::F32>, xc, w, b, y, n);
   else if (lvl == 2)
-    run<avx512::BF16Widened>(&avx512::tiles<avx512::BF16Widened>, xc, w, b, y, n);
+    run(&avx512::tiles<avx512::BF16Widened>, xc, w, b, y, n);
   else
-    run<avx512::BF16Dot>(&avx512::tiles<avx512::BF16Dot>, xc, w, b, y, n);
+    run(&avx512::tiles<avx512::BF16Dot>, xc, w, b, y, n);
 #endif
   return y;
 }

@@ -177,16 +177,18 @@ class PackedLinear:
             self.kernel_bias = None if self.bias is None else gemv.pack_bias(self.bias, self.kernel_level)
 
     def takes(self, x: torch.Tensor) -> bool:
-        n = x.numel() // x.shape[-1]
         if torch.is_grad_enabled() or x.dtype != self.dtype:
             return False
-        if self.kernel_weight is not None and n <= KERNEL_MAX_ROWS[self.kernel_level]:
+        if self._on_kernel(x):
             return True
-        low, high = self.rows
+        n, (low, high) = x.numel() // x.shape[-1], self.rows
         return n >= low and (high is None or n <= high)
 
+    def _on_kernel(self, x: torch.Tensor) -> bool:
+        return self.kernel_weight is not None and x.numel() <= KERNEL_MAX_ROWS[self.kernel_level] * x.shape[-1]
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel_weight is not None and x.numel() <= KERNEL_MAX_ROWS[self.kernel_level] * x.shape[-1]:
+        if self._on_kernel(x):
             return gemv.product(x, self.kernel_weight, self.kernel_bias, self.out_features, self.kernel_level)
         # under torch.compile through the custom operation below; eagerly straight to oneDNN (a custom
         # operation's Python wrapper costs 6 us a call, 0.6 ms a decode step of the 1B shape)
