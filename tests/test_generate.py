@@ -150,8 +150,8 @@ def test_compiled_decoder_generates_what_transformers_does(pair):
 
 def test_compiled_prepacked_decoder_generates_what_transformers_does(pair):
     """`--prepack --compile` on CPU: the packed products reach torch.compile as opaque operations between the
-    fused small operations (a decode step's: the few-row kernel `nativevl_cpu::gemv` where the CPU has
-    AVX-512, else `nativevl::packed_product`); greedy tokens equal transformers'."""
+    fused small operations (a decode step's: the few-row kernel `nativevl_cpu::gemv` where the CPU has AVX2
+    or AVX-512, else `nativevl::packed_product`); greedy tokens equal transformers'."""
     import copy
 
     from nativevl.model import gemv
