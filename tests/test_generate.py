@@ -16,6 +16,7 @@ from nativevl import InternVL
 from nativevl.infer.generate import GenerationConfig, generate, process_logits
 
 KERNEL = "nativevl_cpu::gemv"  # the few-row kernel (model/gemv.py) as the profiler names it
+ATTENTION = "nativevl_cpu::attention"  # its bf16 attention for prompts
 
 
 @pytest.fixture(scope="module")
@@ -376,7 +377,13 @@ def test_prepacked_bf16_follows_the_cpu(pair, monkeypatch):
         # the language model keeps the kernel's copies; the towers that never decode do not
         assert all((p.kernel_weight is not None) == gemv.available(torch.bfloat16) for p in _packs(native.language_model))
         assert all(p.kernel_weight is None for p in _packs(native.vision_model) + _packs(native.mlp1))
-        assert torch.equal(native(a, pixel_values=pv).logits, reference)  # a prompt: oneDNN, the same sums
+        # a prompt: oneDNN, the same sums; with SDPA's attention bit-identical (the attention kernel's own test
+        # is test_prepacked_bf16_prompts_run_the_attention_kernel)
+        attention = [m for m in native.modules() if hasattr(m, "kernel_attention")]
+        assert attention and all(m.kernel_attention == gemv.attention_available() for m in attention)
+        for m in attention:
+            m.kernel_attention = False
+        assert torch.equal(native(a, pixel_values=pv).logits, reference)
         if not gemv.available(torch.bfloat16):
             return
         # a decode step through the kernel: the plain bf16 model's logits, to bf16 rounding
@@ -387,3 +394,38 @@ def test_prepacked_bf16_follows_the_cpu(pair, monkeypatch):
             steps.append(model(logits[:, -1:].argmax(-1), cache=cache).logits)
         assert _products(lambda: native(a[:, :1]), KERNEL) > 0
         torch.testing.assert_close(steps[1].float(), steps[0].float(), rtol=2**-7, atol=2e-3)
+
+
+def test_prepacked_bf16_prompts_run_the_attention_kernel(pair):
+    """After `prepack_model` on a CPU with AVX-512 BF16, a bf16 prompt's attention (each ViT layer, each
+    language model layer; padded rows through the mask) runs on nativevl's kernel, and the logits stay within
+    bf16 rounding of the plain bf16 model's; a decode step and training keep SDPA. Elsewhere nothing changes."""
+    import copy
+
+    from nativevl.infer.chat import prepack_model
+    from nativevl.model import gemv
+
+    _, ours = pair
+    plain = copy.deepcopy(ours).to(torch.bfloat16)
+    native = copy.deepcopy(plain)
+    prepack_model(native)
+    layers = len(plain.vision_model.encoder.layers) + len(plain.language_model.model.layers)
+    a, pv = prompt([1], seed=5), pixels(1).to(torch.bfloat16)
+    padded = torch.cat([torch.full((1, 3), 0), a], 1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(a)], 1)
+    with torch.no_grad():
+        calls = _products(lambda: native(a, pixel_values=pv), ATTENTION)
+        assert calls == (layers if gemv.attention_available() else 0)
+        for ids, m in ((a, None), (padded, mask)):
+            reference = plain(ids, pixel_values=pv, attention_mask=m).logits[:, -a.shape[1]:]
+            got = native(ids, pixel_values=pv, attention_mask=m).logits[:, -a.shape[1]:]
+            torch.testing.assert_close(got.float(), reference.float(), rtol=0.05, atol=0.05)
+        assert _products(lambda: native(a[:, :1]), ATTENTION) == 0  # one query: SDPA
+    native.train()
+    assert _products(lambda: native(a, pixel_values=pv).logits.sum().backward(), ATTENTION) == 0
+    capped = copy.deepcopy(plain)
+    with pytest.MonkeyPatch.context() as m:  # NATIVEVL_GEMV=2: AVX-512 without BF16, SDPA throughout
+        m.setenv("NATIVEVL_GEMV", "2")
+        prepack_model(capped)
+    with torch.no_grad():
+        assert _products(lambda: capped(a, pixel_values=pv), ATTENTION) == 0

@@ -26,6 +26,8 @@
 #include <cstring>
 #include <optional>
 #include <utility>
+#include <vector>
+#include <cmath>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -140,6 +142,7 @@ struct Isa {
 };
 #define NATIVEVL_DOT_BF16 1
 #include "gemv_tiles.h"
+#include "attention_tiles.h"
 #undef NATIVEVL_DOT_BF16
 }  // namespace avx512
 #if defined(__clang__)
@@ -162,10 +165,100 @@ void run(void (*tiles)(const X*, const W*, const float*, Y*, int64_t, int64_t, i
   });
 }
 
+// One head's K as a product's W: (ceil(lk/48), d/2, 48, 2), key rows at stride ks, their values at stride kd.
+void pack_keys(const uint16_t* k, int64_t ks, int64_t kd, int64_t lk, int64_t d, uint16_t* dst) {
+  constexpr int64_t t48 = avx512::kTile;
+  for (int64_t t = 0; t * t48 < lk; ++t)
+    for (int64_t s = 0; s < d / 2; ++s)
+      for (int64_t o = 0, key = t * t48; o < t48; ++o, ++key, dst += 2) {
+        dst[0] = key < lk ? k[key * ks + 2 * s * kd] : 0;
+        dst[1] = key < lk ? k[key * ks + (2 * s + 1) * kd] : 0;
+      }
+}
+
+// One head's V^T as a product's W: (ceil(d/48), ceil(lk/2), 48, 2), the pairs two keys' values of one dimension.
+void pack_values(const uint16_t* v, int64_t vs, int64_t vd, int64_t lk, int64_t d, uint16_t* dst) {
+  constexpr int64_t t48 = avx512::kTile;
+  for (int64_t t = 0; t * t48 < d; ++t)
+    for (int64_t s = 0; s < (lk + 1) / 2; ++s)
+      for (int64_t o = 0, c = t * t48; o < t48; ++o, ++c, dst += 2) {
+        dst[0] = c < d ? v[2 * s * vs + c * vd] : 0;
+        dst[1] = c < d && 2 * s + 1 < lk ? v[(2 * s + 1) * vs + c * vd] : 0;
+      }
+}
+
+// q (B, H, Lq, d), k/v (B, Hkv, Lk, d), mask (B or 1, 1, Lq or 1, Lk) bytes -> out (B, Lq, H, d) contiguous.
+void attention_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor* mask,
+                      bool causal, double scale, at::Tensor& out) {
+  using avx512::Isa;
+  const int64_t b = q.size(0), h = q.size(1), lq = q.size(2), d = q.size(3), hkv = k.size(1), lk = k.size(2);
+  const int64_t k_size = (lk + avx512::kTile - 1) / avx512::kTile * avx512::kTile * d;
+  const int64_t v_size = (d + avx512::kTile - 1) / avx512::kTile * avx512::kTile * (lk + 1) / 2 * 2;
+  std::vector<uint16_t> packed(b * hkv * (k_size + v_size));
+  const auto* kp = reinterpret_cast<const uint16_t*>(k.data_ptr());
+  const auto* vp = reinterpret_cast<const uint16_t*>(v.data_ptr());
+  at::parallel_for(0, b * hkv, 1, [&](int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; ++i) {
+      const int64_t bi = i / hkv, g = i % hkv;
+      uint16_t* dst = packed.data() + i * (k_size + v_size);
+      pack_keys(kp + bi * k.stride(0) + g * k.stride(1), k.stride(2), k.stride(3), lk, d, dst);
+      pack_values(vp + bi * v.stride(0) + g * v.stride(1), v.stride(2), v.stride(3), lk, d, dst + k_size);
+    }
+  });
+  const auto* qp = reinterpret_cast<const uint16_t*>(q.data_ptr());
+  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr());
+  const uint8_t* mp = mask ? reinterpret_cast<const uint8_t*>(mask->data_ptr()) : nullptr;
+  const int64_t mask_b = mask && mask->size(0) > 1 ? mask->stride(0) : 0;
+  const int64_t mask_row = mask && mask->size(2) > 1 ? mask->stride(2) : 0;
+  const int64_t blocks = (lq + Isa::kRows - 1) / Isa::kRows, offset = lk - lq;  // causal: the last query, last key
+  at::parallel_for(0, b * h * blocks, 1, [&](int64_t first, int64_t last) {
+    std::vector<uint16_t> qrows(Isa::kRows * d), p(Isa::kRows * (lk + 1));
+    std::vector<float> s(Isa::kRows * lk), o(Isa::kRows * d);
+    for (int64_t item = first; item < last; ++item) {
+      const int64_t bi = item / (h * blocks), hi = item / blocks % h, r0 = item % blocks * Isa::kRows;
+      const int rows = static_cast<int>(std::min<int64_t>(Isa::kRows, lq - r0));
+      for (int r = 0; r < rows; ++r)
+        std::memcpy(qrows.data() + r * d, qp + bi * q.stride(0) + hi * q.stride(1) + (r0 + r) * q.stride(2),
+                    d * sizeof(uint16_t));
+      const uint16_t* kv = packed.data() + (bi * hkv + hi / (h / hkv)) * (k_size + v_size);
+      const int64_t keys = causal ? std::clamp<int64_t>(r0 + rows + offset, 0, lk) : lk;
+      avx512::attend_rows(qrows.data(), rows, d, {kv, kv + k_size}, lk, keys, r0 + offset + 1, causal,
+                          mp ? mp + bi * mask_b + r0 * mask_row : nullptr, mask_row, static_cast<float>(scale),
+                          s.data(), p.data(), o.data(), op + ((bi * lq + r0) * h + hi) * d, h * d);
+    }
+  });
+}
+
 }  // namespace
 #endif
 
 namespace {
+
+// softmax(q k^T * scale) v in bf16 for prompts (level 3; see attention_tiles.h), causal aligned at the last
+// query and key as torch's SDPA with a KV cache, and/or a boolean mask (True: may attend).
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const std::optional<at::Tensor>& mask, bool causal, double scale) {
+  TORCH_CHECK(level() >= 3, "nativevl_cpu::attention needs a CPU with AVX-512 BF16");
+  for (const at::Tensor* t : {&q, &k, &v})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kBFloat16 && t->dim() == 4,
+                "q, k, v: 4-d bf16 on CPU, (batch, heads, length, head_dim)");
+  const int64_t b = q.size(0), h = q.size(1), lq = q.size(2), d = q.size(3), lk = k.size(2);
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == b && k.size(3) == d && h % k.size(1) == 0,
+              "k and v: (batch, kv_heads, length, head_dim) with q's batch and head_dim, heads a multiple of kv_heads");
+  TORCH_CHECK(d % 2 == 0 && d > 0, "head_dim ", d, ": even (bf16 pairs)");
+  at::Tensor qc = q.stride(3) == 1 ? q : q.contiguous(), m;
+  if (mask) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() == 4 && mask->size(1) == 1 && mask->size(3) == lk &&
+                    (mask->size(0) == 1 || mask->size(0) == b) && (mask->size(2) == 1 || mask->size(2) == lq),
+                "mask: bool (batch or 1, 1, q length or 1, k length)");
+    m = mask->stride(3) == 1 ? *mask : mask->contiguous();
+  }
+  at::Tensor out = at::empty({b, lq, h, d}, q.options());
+#ifdef NATIVEVL_X86
+  attention_blocks(qc, k, v, mask ? &m : nullptr, causal, scale, out);
+#endif
+  return out.transpose(1, 2);
+}
 
 at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, int64_t n,
                 int64_t lvl) {
@@ -213,6 +306,10 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const std::optional<at
 TORCH_LIBRARY(nativevl_cpu, lib) {
   lib.def("gemv(Tensor x, Tensor w, Tensor? bias, int n, int level) -> Tensor");
   lib.def("gemv_level() -> int", &level);
+  lib.def("attention(Tensor q, Tensor k, Tensor v, Tensor? mask, bool causal, float scale) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(nativevl_cpu, CPU, lib) { lib.impl("gemv", gemv); }
+TORCH_LIBRARY_IMPL(nativevl_cpu, CPU, lib) {
+  lib.impl("gemv", gemv);
+  lib.impl("attention", attention);
+}

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 SOURCE = Path(__file__).with_name("gemv.cpp")
-HEADER = SOURCE.with_name("gemv_tiles.h")  # the loops, included once per instruction set
+# the loops, included once per instruction set (the attention's at AVX-512 BF16 only)
+HEADERS = [SOURCE.with_name(name) for name in ("gemv_tiles.h", "attention_tiles.h")]
 DTYPES = (torch.bfloat16, torch.float32)
 # The instruction sets the kernel is compiled for (gemv.cpp): W's tiles are 24 outputs wide at level 1, 48 above
 LEVELS = {1: "AVX2 + FMA", 2: "AVX-512", 3: "AVX-512 BF16"}
@@ -51,14 +52,16 @@ def built() -> bool:
         # cached under TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), rebuilt when the source changes
         # (torch hashes the sources and flags, not included headers: the header's hash goes in as a flag);
         # -fopenmp because at::parallel_for is OpenMP in torch's CPU builds (without it the loop runs serially)
-        header = hashlib.sha256(HEADER.read_bytes()).hexdigest()[:16]
+        header = hashlib.sha256(b"".join(h.read_bytes() for h in HEADERS)).hexdigest()[:16]
         load(name="nativevl_gemv", sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp", f"-DTILES_H={header}"],
              extra_ldflags=["-fopenmp"], is_python_module=False)
     except Exception as e:  # noqa: BLE001 (no compiler, no ninja, another platform: decode still works, via oneDNN)
         warnings.warn(f"nativevl: could not build {SOURCE.name} ({type(e).__name__}: {e}); "
                       "CPU decode uses oneDNN's products instead", stacklevel=3)
         return False
-    torch.library.register_fake("nativevl_cpu::gemv")(_shape)  # its output's shape, for torch.compile
+    # the outputs' shapes, for torch.compile
+    torch.library.register_fake("nativevl_cpu::gemv")(_shape)
+    torch.library.register_fake("nativevl_cpu::attention")(_attention_shape)
     return True
 
 
@@ -104,3 +107,33 @@ def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, n:
 
 def _shape(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int, level: int) -> torch.Tensor:
     return x.new_empty(x.shape[0], n)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+              causal: bool = False, scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T scale) v for bf16 q (B, H, Lq, D), k/v (B, Hkv, Lk, D) -> (B, H, Lq, D) (a transposed view of
+    (B, Lq, H, D)), on the kernel's VDPBF16PS products (where `attention_available()`). `causal` aligns the last
+    query with the last key (a prompt after a KV cache), `mask` bool (B or 1, 1, Lq or 1, Lk), True: may attend.
+    Rows that may attend nothing get zeros."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if not (torch.compiler.is_compiling() or built()):  # (compiled code runs after prepack_linears built it)
+        raise RuntimeError(f"nativevl: {SOURCE.name} is not built here; use scaled_dot_product_attention")
+    return torch.ops.nativevl_cpu.attention(q, k, v, mask, causal, scale)
+
+
+def attention_available() -> bool:
+    """Whether `attention` runs on this CPU: the library built, AVX-512 BF16 (level 3), NATIVEVL_GEMV not lower."""
+    return level() >= 3
+
+
+def attention_takes(q: torch.Tensor) -> bool:
+    """Whether `attention` computes what SDPA would for q: bf16 on CPU, an even head_dim, more than one query
+    (a decode step's single query stays on SDPA), no gradient wanted (the kernel has no backward)."""
+    return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.shape[-1] % 2 == 0 and q.shape[-2] > 1
+            and not (torch.is_grad_enabled() and q.requires_grad))
+
+
+def _attention_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+                     scale: float) -> torch.Tensor:
+    b, h, lq, d = q.shape
+    return q.new_empty(b, lq, h, d).transpose(1, 2)

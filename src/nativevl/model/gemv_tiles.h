@@ -10,11 +10,11 @@
 constexpr int kVectors = 3;
 constexpr int kTile = Isa::kLanes * kVectors;
 
-// The sums of R rows against one tile, plus the bias, stored as y's columns [col, min(col + kTile, n)) (Isa's
-// store is overloaded for float32 and bf16 outputs).
-template <int R, typename Y>
+// The sums of R rows against one tile's first V registers, plus the bias, stored as y's columns
+// [col, min(col + V * kLanes, n)) (Isa's store is overloaded for float32 and bf16 outputs).
+template <int R, int V, typename Y>
 inline void finish(const typename Isa::F (&acc)[R][kVectors], const float* bias, int64_t n, int64_t col, Y* y) {
-  for (int v = 0; v < kVectors && col + Isa::kLanes * v < n; ++v) {
+  for (int v = 0; v < V && col + Isa::kLanes * v < n; ++v) {
     const int64_t c = col + Isa::kLanes * v;
     const typename Isa::F b = bias ? Isa::loadf(bias + c) : Isa::zero();
     for (int r = 0; r < R; ++r) Isa::store(y + r * n + c, n - c, Isa::add(acc[r][v], b));
@@ -22,7 +22,8 @@ inline void finish(const typename Isa::F (&acc)[R][kVectors], const float* bias,
 }
 
 // Each kind of product: the types of x as the loop reads it, of W and of y, k values per step (depth), and
-// step<R>: one step of R rows of x (row r at x + r * k) against the tile's registers at p, into the sums.
+// step<R, V>: one step of R rows of x (row r at x + r * k) against the tile's first V registers at p, into the
+// sums (V < 3 only for a last tile of fewer outputs: its other registers would multiply padding).
 
 // float32 W, float32 x: one FMA per row and register, x's value read as a broadcast.
 struct F32 {
@@ -30,13 +31,13 @@ struct F32 {
   using W = float;
   using Y = float;
   static constexpr int kDepth = 1;
-  template <int R>
+  template <int R, int V>
   static void step(typename Isa::F (&acc)[R][kVectors], const float* p, const float* x, int64_t k) {
-    typename Isa::F w[kVectors];
-    for (int v = 0; v < kVectors; ++v) w[v] = Isa::loadf(p + v * Isa::kLanes);
+    typename Isa::F w[V];
+    for (int v = 0; v < V; ++v) w[v] = Isa::loadf(p + v * Isa::kLanes);
     for (int r = 0; r < R; ++r) {
       const typename Isa::F xr = Isa::broadcast(x + r * k);
-      for (int v = 0; v < kVectors; ++v) acc[r][v] = Isa::fmadd(w[v], xr, acc[r][v]);
+      for (int v = 0; v < V; ++v) acc[r][v] = Isa::fmadd(w[v], xr, acc[r][v]);
     }
   }
 };
@@ -49,9 +50,9 @@ struct BF16Widened {
   using W = uint16_t;
   using Y = uint16_t;
   static constexpr int kDepth = 2;
-  template <int R>
+  template <int R, int V>
   static void step(typename Isa::F (&acc)[R][kVectors], const uint16_t* p, const float* x, int64_t k) {
-    for (int v = 0; v < kVectors; ++v) {
+    for (int v = 0; v < V; ++v) {
       const typename Isa::I w = Isa::loadi(p + 2 * v * Isa::kLanes);
       const typename Isa::F even = Isa::low_halves(w), odd = Isa::high_halves(w);
       for (int r = 0; r < R; ++r) {
@@ -69,21 +70,21 @@ struct BF16Dot {
   using W = uint16_t;
   using Y = uint16_t;
   static constexpr int kDepth = 2;
-  template <int R>
+  template <int R, int V>
   static void step(typename Isa::F (&acc)[R][kVectors], const uint16_t* p, const uint16_t* x, int64_t k) {
-    typename Isa::I w[kVectors];
-    for (int v = 0; v < kVectors; ++v) w[v] = Isa::loadi(p + 2 * v * Isa::kLanes);
+    typename Isa::I w[V];
+    for (int v = 0; v < V; ++v) w[v] = Isa::loadi(p + 2 * v * Isa::kLanes);
     for (int r = 0; r < R; ++r) {
       const typename Isa::I xr = Isa::broadcast_pair(x + r * k);
-      for (int v = 0; v < kVectors; ++v) acc[r][v] = Isa::dot(acc[r][v], w[v], xr);
+      for (int v = 0; v < V; ++v) acc[r][v] = Isa::dot(acc[r][v], w[v], xr);
     }
   }
 };
 #endif
 
-// R rows of x (row stride k = steps * depth) against one tile, from its first step to its last: W read once,
-// in order.
-template <typename Kind, int R>
+// R rows of x (row stride k = steps * depth) against one tile's first V registers, from its first step to its
+// last: W read once, in order.
+template <typename Kind, int R, int V>
 void rows(const typename Kind::X* x, int64_t steps, const typename Kind::W* tile, const float* bias,
           typename Kind::Y* y, int64_t n, int64_t col) {
   typename Isa::F acc[R][kVectors];
@@ -92,24 +93,35 @@ void rows(const typename Kind::X* x, int64_t steps, const typename Kind::W* tile
   const int64_t k = steps * Kind::kDepth;
   const typename Kind::W* p = tile;
   for (int64_t s = 0; s < steps; ++s, p += kTile * Kind::kDepth)
-    Kind::template step<R>(acc, p, x + s * Kind::kDepth, k);
-  finish<R>(acc, bias, n, col, y);
+    Kind::template step<R, V>(acc, p, x + s * Kind::kDepth, k);
+  finish<R, V>(acc, bias, n, col, y);
 }
 
-template <typename Kind, int... R>
+template <typename Kind, int V, int... R>
 constexpr auto passes(std::integer_sequence<int, R...>) {  // passes[R - 1]: R rows of x at once
-  return std::array{&rows<Kind, R + 1>...};
+  return std::array{&rows<Kind, R + 1, V>...};
+}
+
+// pass<Kind>[V - 1][R - 1]: R rows against a tile's first V registers
+template <typename Kind>
+constexpr std::array pass = {passes<Kind, 1>(std::make_integer_sequence<int, Isa::kRows>{}),
+                             passes<Kind, 2>(std::make_integer_sequence<int, Isa::kRows>{}),
+                             passes<Kind, 3>(std::make_integer_sequence<int, Isa::kRows>{})};
+
+// The registers of a tile at `col` that hold some of n outputs.
+inline int vectors(int64_t n, int64_t col) {
+  return static_cast<int>(std::min<int64_t>(kVectors, (n - col + Isa::kLanes - 1) / Isa::kLanes));
 }
 
 // Tiles [first, last) for every row of x, Isa::kRows rows a pass (further passes find the tile in L2).
 template <typename Kind>
 void tiles(const typename Kind::X* x, const typename Kind::W* w, const float* bias, typename Kind::Y* y,
            int64_t m, int64_t steps, int64_t n, int64_t first, int64_t last) {
-  static constexpr auto pass = passes<Kind>(std::make_integer_sequence<int, Isa::kRows>{});
   const int64_t k = steps * Kind::kDepth;
   for (int64_t t = first; t < last; ++t) {
     const typename Kind::W* tile = w + t * steps * kTile * Kind::kDepth;
+    const auto& by_rows = pass<Kind>[vectors(n, t * kTile) - 1];
     for (int64_t r = 0; r < m; r += Isa::kRows)
-      pass[std::min<int64_t>(Isa::kRows, m - r) - 1](x + r * k, steps, tile, bias, y + r * n, n, t * kTile);
+      by_rows[std::min<int64_t>(Isa::kRows, m - r) - 1](x + r * k, steps, tile, bias, y + r * n, n, t * kTile);
   }
 }

@@ -188,6 +188,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.num_kv_heads * hd, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.num_heads * hd, d, bias=False)
         self.packed: PackedLinear | None = None
+        self.kernel_attention = False  # CPU bf16 prompts on nativevl's kernel (model/gemv.py): prepack_linears
 
     def forward(self, x: torch.Tensor, a: AttentionInputs, cache: KVCache | None) -> torch.Tensor:
         b, length, _ = x.shape
@@ -201,7 +202,7 @@ class Attention(nn.Module):
         q, k, v = qk[:, :nq], qk[:, nq:], heads[:, nqk:]
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        out = attend(q, k, v, a, self.dropout if self.training else 0.0)
+        out = attend(q, k, v, a, self.dropout if self.training else 0.0, self.kernel_attention)
         return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))
 
 

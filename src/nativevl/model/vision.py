@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nativevl.config import VisionConfig
+from nativevl.model import gemv
 from nativevl.model.layers import DropPath, RMSNorm, activation, make_norm
 
 
@@ -59,6 +60,7 @@ class VisionAttention(nn.Module):
         if cfg.qk_normalization:
             self.q_norm = RMSNorm(c, eps=cfg.layer_norm_eps)
             self.k_norm = RMSNorm(c, eps=cfg.layer_norm_eps)
+        self.kernel_attention = False  # CPU bf16 inference on nativevl's kernel (model/gemv.py): prepack_linears
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, length, c = x.shape
@@ -67,7 +69,10 @@ class VisionAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.view(n, length, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))
         dropout = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # bidirectional within a tile
+        if self.kernel_attention and dropout == 0.0 and gemv.attention_takes(q):
+            out = gemv.attention(q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # bidirectional within a tile
         return self.proj(out.transpose(1, 2).reshape(n, length, c))
 
 
