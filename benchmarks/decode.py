@@ -91,8 +91,8 @@ def theirs_runner(model, ids: torch.Tensor, compiled: bool = False) -> Callable[
 
 def prepacked_forwards(module: torch.nn.Module) -> dict[torch.nn.Module, dict[str, object]]:
     """What `prepack_linears` set on each module (a linear layer's packed `forward`, a q/k/v or gate/up group's
-    `packed` product), taken off again so the plain layers run until `with_packs` switches the packed copies
-    on (nothing on a torch without oneDNN or for an unpacked dtype)."""
+    `packed` product, an attention layer's `kernel_attention`), taken off again so the plain layers run until
+    `with_packs` switches the packed copies on (nothing on a torch without oneDNN or for an unpacked dtype)."""
     from nativevl import InternVL
     from nativevl.infer.chat import prepack_model
     from nativevl.model.layers import prepack_linears
@@ -102,7 +102,7 @@ def prepacked_forwards(module: torch.nn.Module) -> dict[torch.nn.Module, dict[st
     prepack_model(module) if isinstance(module, InternVL) else prepack_linears(module)
     packs = {}
     for m in module.modules():
-        found = {name: m.__dict__[name] for name in ("forward", "packed") if m.__dict__.get(name) is not None}
+        found = {name: m.__dict__[name] for name in ("forward", "packed", "kernel_attention") if m.__dict__.get(name)}
         if found:
             packs[m] = found
     _switch(packs, on=False)
@@ -114,6 +114,8 @@ def _switch(packs: dict[torch.nn.Module, dict[str, object]], on: bool) -> None:
         for name, value in attributes.items():
             if name == "packed":
                 m.packed = value if on else None
+            elif name == "kernel_attention":
+                m.kernel_attention = on
             elif on:
                 m.forward = value  # an instance attribute shadows the class's forward
             else:

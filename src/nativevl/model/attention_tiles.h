@@ -12,6 +12,12 @@ struct BF16Scores : BF16Dot {  // BF16Dot's steps, float32 sums stored unrounded
   using Y = float;
 };
 
+// float32 -> bf16, to nearest even, NaN kept (VCVTNEPS2BF16: one instruction where Isa::store's integer
+// rounding, which level 2 needs, takes eight)
+inline void store_bf16(uint16_t* p, int64_t left, __m512 v) {
+  _mm256_mask_storeu_epi16(p, Isa::mask(left), (__m256i)_mm512_cvtneps_pbh(v));
+}
+
 // exp(x) for x <= 0, within about 2 float32 ulps: 2^n e^f with n = round(x log2 e), |f| <= ln2 / 2, and e^f by
 // its Taylor polynomial of degree 6 (remainder below 1.3e-7). Inputs below -100 give 2^-144 or less.
 inline __m512 exp_nonpositive(__m512 x) {
@@ -23,35 +29,33 @@ inline __m512 exp_nonpositive(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// One row of scores s[0, keys): scaled in place, keys from `visible` on and those `allowed` forbids (a byte per
-// key; null: all) set to -inf; then exp(s - max) rounded to bf16 into p[0, width), zeros from `keys` on.
-// Returns the float32 sum of the exps (0 where no key is visible).
-inline float softmax_row(float* s, int64_t keys, int64_t visible, const uint8_t* allowed, float scale,
+// Which of the 16 keys from j a row sees: below `visible` and, where `allowed` is given, its byte nonzero.
+inline __mmask16 seen(int64_t j, int64_t keys, int64_t visible, const uint8_t* allowed) {
+  __mmask16 ok = Isa::mask(std::max<int64_t>(std::min(visible, keys) - j, 0));
+  if (allowed) ok &= _mm_test_epi8_mask(_mm_maskz_loadu_epi8(Isa::mask(keys - j), allowed + j), _mm_set1_epi8(-1));
+  return ok;
+}
+
+// One row of raw scores s[0, keys), of which the row sees those `seen` says: p[0, width) = exp(scale (s - max))
+// rounded to bf16, zeros for the keys it does not see and from `keys` on. Returns the float32 sum of the exps
+// (0 where it sees no key). scale > 0, so the maximum of the raw scores is the scaled ones' maximum.
+inline float softmax_row(const float* s, int64_t keys, int64_t visible, const uint8_t* allowed, float scale,
                          uint16_t* p, int64_t width) {
-  const __m512 minus_inf = _mm512_set1_ps(-INFINITY);
-  __m512 top = minus_inf;
-  for (int64_t j = 0; j < keys; j += Isa::kLanes) {
-    const __mmask16 in = Isa::mask(keys - j);
-    __mmask16 ok = Isa::mask(std::max<int64_t>(visible - j, 0));
-    if (allowed) ok &= _mm_test_epi8_mask(_mm_maskz_loadu_epi8(in, allowed + j), _mm_set1_epi8(-1));
-    const __m512 v = _mm512_mask_mul_ps(minus_inf, ok, _mm512_maskz_loadu_ps(in, s + j), _mm512_set1_ps(scale));
-    _mm512_mask_storeu_ps(s + j, in, v);
-    top = _mm512_mask_max_ps(top, in, top, v);
-  }
+  __m512 top = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < keys; j += Isa::kLanes)
+    top = _mm512_mask_max_ps(top, seen(j, keys, visible, allowed), top, _mm512_maskz_loadu_ps(Isa::mask(keys - j), s + j));
   const float m = _mm512_reduce_max_ps(top);
   if (m == -INFINITY) {
     std::memset(p, 0, width * sizeof(uint16_t));
     return 0.f;
   }
   __m512 sum = Isa::zero();
-  const __m512 mv = _mm512_set1_ps(m);
+  const __m512 by = _mm512_set1_ps(scale), shift = _mm512_set1_ps(-m * scale);
   for (int64_t j = 0; j < keys; j += Isa::kLanes) {
-    const __mmask16 in = Isa::mask(keys - j);
-    const __m512 v = _mm512_maskz_loadu_ps(in, s + j);
-    const __mmask16 seen = _mm512_mask_cmp_ps_mask(in, v, minus_inf, _CMP_NEQ_OQ);  // exactly 0 where masked
-    const __m512 e = _mm512_maskz_mov_ps(seen, exp_nonpositive(_mm512_sub_ps(v, mv)));
+    const __m512 x = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(Isa::mask(keys - j), s + j), by, shift);
+    const __m512 e = _mm512_maskz_mov_ps(seen(j, keys, visible, allowed), exp_nonpositive(x));
     sum = _mm512_add_ps(sum, e);
-    Isa::store(p + j, keys - j, e);
+    store_bf16(p + j, keys - j, e);
   }
   for (int64_t j = keys; j < width; ++j) p[j] = 0;  // the pair of an odd last key
   return _mm512_reduce_add_ps(sum);
@@ -63,26 +67,38 @@ struct HeadKV {
   const uint16_t* v;
 };
 
-// The attention of `rows` (<= Isa::kRows) query rows q (row stride d) against `keys` keys (the last row's
+// Query rows a block takes: each tile of K or V, once in L1, serves the block's passes of kRows rows.
+constexpr int kBlock = 4 * Isa::kRows;
+
+// y's rows [0, rows) (stride n) = x's (stride steps * 2) against the packed tiles of n outputs at w (each
+// w_steps steps long; the first `steps` read), by passes of kRows rows per tile.
+inline void product(const uint16_t* x, int rows, int64_t steps, const uint16_t* w, int64_t w_steps, float* y,
+                    int64_t n) {
+  for (int64_t t = 0; t * kTile < n; ++t) {
+    const auto& by_rows = pass<BF16Scores>[vectors(n, t * kTile) - 1];
+    for (int r = 0; r < rows; r += Isa::kRows)
+      by_rows[std::min(Isa::kRows, rows - r) - 1](x + r * steps * 2, steps, w + t * w_steps * kTile * 2, nullptr,
+                                                  y + r * n, n, t * kTile);
+  }
+}
+
+// The attention of `rows` (<= kBlock) query rows q (row stride d) against `keys` keys (the last row's
 // visible ones); row r sees keys [0, min(keys, visible + r)) (causal) or [0, keys), less what `allowed`
 // forbids (row r's bytes at allowed + r * allowed_row; null: none). out: row r at out + r * out_row.
 // Scratch: s (rows x keys float32), p (rows x even(keys) bf16), o (rows x d float32).
 inline void attend_rows(const uint16_t* q, int rows, int64_t d, const HeadKV& kv, int64_t lk, int64_t keys,
                         int64_t visible, bool causal, const uint8_t* allowed, int64_t allowed_row, float scale,
                         float* s, uint16_t* p, float* o, uint16_t* out, int64_t out_row) {
-  const int64_t steps = d / 2, width = keys + (keys & 1);
-  for (int64_t t = 0; t * kTile < keys; ++t)
-    pass<BF16Scores>[vectors(keys, t * kTile) - 1][rows - 1](q, steps, kv.k + t * steps * kTile * 2, nullptr, s, keys, t * kTile);
-  float sums[Isa::kRows];
+  const int64_t width = keys + (keys & 1);
+  product(q, rows, d / 2, kv.k, d / 2, s, keys);
+  float sums[kBlock];
   for (int r = 0; r < rows; ++r)
-    sums[r] = softmax_row(s + r * keys, keys, causal ? std::min(keys, visible + r) : keys,
+    sums[r] = softmax_row(s + r * keys, keys, causal ? visible + r : keys,
                           allowed ? allowed + r * allowed_row : nullptr, scale, p + r * width, width);
-  const int64_t v_steps = (lk + 1) / 2;  // V's tiles hold every key; the block reads the first width / 2 steps
-  for (int64_t t = 0; t * kTile < d; ++t)
-    pass<BF16Scores>[vectors(d, t * kTile) - 1][rows - 1](p, width / 2, kv.v + t * v_steps * kTile * 2, nullptr, o, d, t * kTile);
+  product(p, rows, width / 2, kv.v, (lk + 1) / 2, o, d);  // V's tiles hold every key; the block reads `keys`
   for (int r = 0; r < rows; ++r) {
     const __m512 inv = _mm512_set1_ps(sums[r] > 0.f ? 1.f / sums[r] : 0.f);
     for (int64_t c = 0; c < d; c += Isa::kLanes)
-      Isa::store(out + r * out_row + c, d - c, _mm512_mul_ps(_mm512_maskz_loadu_ps(Isa::mask(d - c), o + r * d + c), inv));
+      store_bf16(out + r * out_row + c, d - c, _mm512_mul_ps(_mm512_maskz_loadu_ps(Isa::mask(d - c), o + r * d + c), inv));
   }
 }

@@ -166,32 +166,48 @@ void run(void (*tiles)(const X*, const W*, const float*, Y*, int64_t, int64_t, i
 }
 
 // One head's K as a product's W: (ceil(lk/48), d/2, 48, 2), key rows at stride ks, their values at stride kd.
+// Each pair moves as one 32-bit word (a key's two adjacent values); padding keys are zeros.
 void pack_keys(const uint16_t* k, int64_t ks, int64_t kd, int64_t lk, int64_t d, uint16_t* dst) {
   constexpr int64_t t48 = avx512::kTile;
-  for (int64_t t = 0; t * t48 < lk; ++t)
-    for (int64_t s = 0; s < d / 2; ++s)
-      for (int64_t o = 0, key = t * t48; o < t48; ++o, ++key, dst += 2) {
-        dst[0] = key < lk ? k[key * ks + 2 * s * kd] : 0;
-        dst[1] = key < lk ? k[key * ks + (2 * s + 1) * kd] : 0;
+  const int64_t steps = d / 2, tiles = (lk + t48 - 1) / t48;
+  std::memset(dst, 0, tiles * steps * t48 * 2 * sizeof(uint16_t));
+  for (int64_t key = 0; key < lk; ++key) {
+    const uint16_t* row = k + key * ks;
+    uint16_t* out = dst + (key / t48 * steps * t48 + key % t48) * 2;
+    for (int64_t s = 0; s < steps; ++s, out += t48 * 2) {
+      if (kd == 1) {
+        std::memcpy(out, row + 2 * s, 2 * sizeof(uint16_t));
+      } else {
+        out[0] = row[2 * s * kd];
+        out[1] = row[(2 * s + 1) * kd];
       }
+    }
+  }
 }
 
 // One head's V^T as a product's W: (ceil(d/48), ceil(lk/2), 48, 2), the pairs two keys' values of one dimension.
 void pack_values(const uint16_t* v, int64_t vs, int64_t vd, int64_t lk, int64_t d, uint16_t* dst) {
   constexpr int64_t t48 = avx512::kTile;
-  for (int64_t t = 0; t * t48 < d; ++t)
-    for (int64_t s = 0; s < (lk + 1) / 2; ++s)
-      for (int64_t o = 0, c = t * t48; o < t48; ++o, ++c, dst += 2) {
-        dst[0] = c < d ? v[2 * s * vs + c * vd] : 0;
-        dst[1] = c < d && 2 * s + 1 < lk ? v[(2 * s + 1) * vs + c * vd] : 0;
+  const int64_t steps = (lk + 1) / 2, tiles = (d + t48 - 1) / t48;
+  std::memset(dst, 0, tiles * steps * t48 * 2 * sizeof(uint16_t));
+  for (int64_t s = 0; s < steps; ++s) {
+    const uint16_t* even = v + 2 * s * vs;
+    const uint16_t* odd = 2 * s + 1 < lk ? even + vs : nullptr;  // an odd count's last pair: its zero stays
+    for (int64_t t = 0; t < tiles; ++t) {
+      uint16_t* out = dst + (t * steps + s) * t48 * 2;
+      const int64_t first = t * t48, n = std::min(t48, d - first);
+      for (int64_t o = 0; o < n; ++o) {
+        out[2 * o] = even[(first + o) * vd];
+        if (odd) out[2 * o + 1] = odd[(first + o) * vd];
       }
+    }
+  }
 }
 
 // q (B, H, Lq, d), k/v (B, Hkv, Lk, d), mask (B or 1, 1, Lq or 1, Lk) bytes -> out (B, Lq, H, d) contiguous.
 void attention_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor* mask,
                       bool causal, double scale, at::Tensor& out) {
-  using avx512::Isa;
-  const int64_t b = q.size(0), h = q.size(1), lq = q.size(2), d = q.size(3), hkv = k.size(1), lk = k.size(2);
+    const int64_t b = q.size(0), h = q.size(1), lq = q.size(2), d = q.size(3), hkv = k.size(1), lk = k.size(2);
   const int64_t k_size = (lk + avx512::kTile - 1) / avx512::kTile * avx512::kTile * d;
   const int64_t v_size = (d + avx512::kTile - 1) / avx512::kTile * avx512::kTile * (lk + 1) / 2 * 2;
   std::vector<uint16_t> packed(b * hkv * (k_size + v_size));
@@ -210,13 +226,13 @@ void attention_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const uint8_t* mp = mask ? reinterpret_cast<const uint8_t*>(mask->data_ptr()) : nullptr;
   const int64_t mask_b = mask && mask->size(0) > 1 ? mask->stride(0) : 0;
   const int64_t mask_row = mask && mask->size(2) > 1 ? mask->stride(2) : 0;
-  const int64_t blocks = (lq + Isa::kRows - 1) / Isa::kRows, offset = lk - lq;  // causal: the last query, last key
+  const int64_t blocks = (lq + avx512::kBlock - 1) / avx512::kBlock, offset = lk - lq;  // causal: the last query, last key
   at::parallel_for(0, b * h * blocks, 1, [&](int64_t first, int64_t last) {
-    std::vector<uint16_t> qrows(Isa::kRows * d), p(Isa::kRows * (lk + 1));
-    std::vector<float> s(Isa::kRows * lk), o(Isa::kRows * d);
+    std::vector<uint16_t> qrows(avx512::kBlock * d), p(avx512::kBlock * (lk + 1));
+    std::vector<float> s(avx512::kBlock * lk), o(avx512::kBlock * d);
     for (int64_t item = first; item < last; ++item) {
-      const int64_t bi = item / (h * blocks), hi = item / blocks % h, r0 = item % blocks * Isa::kRows;
-      const int rows = static_cast<int>(std::min<int64_t>(Isa::kRows, lq - r0));
+      const int64_t bi = item / (h * blocks), hi = item / blocks % h, r0 = item % blocks * avx512::kBlock;
+      const int rows = static_cast<int>(std::min<int64_t>(avx512::kBlock, lq - r0));
       for (int r = 0; r < rows; ++r)
         std::memcpy(qrows.data() + r * d, qp + bi * q.stride(0) + hi * q.stride(1) + (r0 + r) * q.stride(2),
                     d * sizeof(uint16_t));
@@ -246,6 +262,7 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == b && k.size(3) == d && h % k.size(1) == 0,
               "k and v: (batch, kv_heads, length, head_dim) with q's batch and head_dim, heads a multiple of kv_heads");
   TORCH_CHECK(d % 2 == 0 && d > 0, "head_dim ", d, ": even (bf16 pairs)");
+  TORCH_CHECK(scale > 0, "scale ", scale, ": positive");
   at::Tensor qc = q.stride(3) == 1 ? q : q.contiguous(), m;
   if (mask) {
     TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() == 4 && mask->size(1) == 1 && mask->size(3) == lk &&
