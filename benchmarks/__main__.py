@@ -4,8 +4,9 @@
     python -m benchmarks decode --dtypes bfloat16 --batches 1
     python -m benchmarks ttft preprocess --repeats 3 --out results.md
 
-Suites: roofline (bandwidth, matmul FLOP/s; always measured), decode, ttft, preprocess, train (CPU: the demo's
-model, packed vs padded) and trainstep (one training step at the preset's shape; for a GPU, see gpu.sh). Every model has random weights
+Suites: roofline (bandwidth, matmul FLOP/s; always measured), decode, ttft, attention (CPU bf16: one prompt
+attention layer, SDPA against nativevl's kernel), preprocess, train (CPU: the demo's model, packed vs padded)
+and trainstep (one training step at the preset's shape; for a GPU, see gpu.sh). Every model has random weights
 of the preset's shape (nothing is downloaded); transformers loads the very same weights. Each figure is the
 median of --repeats runs after a warm-up, with the spread (min..max).
 """
@@ -19,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import decode, preprocess, roofline, train, trainstep, ttft
+from benchmarks import attention, decode, preprocess, roofline, train, trainstep, ttft
 from benchmarks.common import DTYPES, build_ours, fmt, machine
 
-SUITES = ("roofline", "decode", "ttft", "preprocess", "train", "trainstep")
+SUITES = ("roofline", "decode", "ttft", "attention", "preprocess", "train", "trainstep")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> None:
         emit("## Decode\n")
         emit(decode.run(model, dtypes, [int(b) for b in args.batches.split(",")], args.steps, repeats,
                         args.compile, dev) + "\n")
+    if "attention" in suites and dev == "cpu":
+        emit("## One attention layer of a bf16 prompt (CPU)\n")
+        emit(attention.run(args.preset, [int(t) for t in args.tiles.split(",")], repeats, flops[torch.bfloat16])
+             + "\n")
     if "preprocess" in suites:
         emit("## Image preprocessing\n")
         emit(preprocess.run(repeats) + "\n")

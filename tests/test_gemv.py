@@ -159,3 +159,19 @@ def test_the_pip_ninja_is_found_when_the_environment_is_not_activated(monkeypatc
     gemv._find_ninja()
     assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
     assert shutil.which("ninja") is not None
+
+
+def test_the_package_ships_every_file_the_builder_reads():
+    """A wheel holds what `pyproject.toml` lists as package data: the kernel's source and each header it
+    includes (a stale name once left the source out, and the kernel quietly off)."""
+    import fnmatch
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = listed["nativevl.model"]
+    included = re.findall(r'#include "([^"]+)"', gemv.SOURCE.read_text())
+    assert set(included) == {h.name for h in gemv.HEADERS}  # the builder's hash covers every header
+    for name in [gemv.SOURCE.name, *included]:
+        assert any(fnmatch.fnmatch(name, p) for p in patterns), f"{name} is not in the package data"

@@ -2,7 +2,10 @@
 extension builder, used by `prepack_linears` (model/layers.py) for the rows of a decode step (up to
 KERNEL_MAX_ROWS[level] there), in float32 and bf16, on x86-64 CPUs with AVX2 + FMA or AVX-512 (bf16's pairs
 by VDPBF16PS where the CPU has AVX-512 BF16). Where it cannot be built or run, `available(dtype)` is False
-and oneDNN's products serve instead."""
+and oneDNN's products serve instead.
+
+The same library holds bf16 attention for prompts on those loops (`attention`, attention_tiles.h; AVX-512
+BF16 only), which `prepack_linears` switches on for the attention layers where `attention_available()`."""
 
 from __future__ import annotations
 
@@ -57,7 +60,7 @@ def built() -> bool:
              extra_ldflags=["-fopenmp"], is_python_module=False)
     except Exception as e:  # noqa: BLE001 (no compiler, no ninja, another platform: decode still works, via oneDNN)
         warnings.warn(f"nativevl: could not build {SOURCE.name} ({type(e).__name__}: {e}); "
-                      "CPU decode uses oneDNN's products instead", stacklevel=3)
+                      "CPU decode uses oneDNN's products and attention SDPA instead", stacklevel=3)
         return False
     # the outputs' shapes, for torch.compile
     torch.library.register_fake("nativevl_cpu::gemv")(_shape)
