@@ -1,10 +1,10 @@
 // bf16 attention for CPU prompts on VDPBF16PS (level 3), built from gemv_tiles.h's loops: gemv.cpp includes
 // this file inside namespace avx512, after gemv_tiles.h. No include guard on purpose.
 //
-// Per block of up to Isa::kRows query rows of one head, all in L1/L2:
+// Per block of up to kBlock (32) query rows of one head, all in L1/L2:
 //   scores  S = Q K^T in float32: K packed as a product's W (tiles of 48 keys, head_dim in pairs), Q's rows as x;
-//   softmax scale, mask, row maximum, p = exp(s - max) summed in float32 and rounded to bf16 (as torch's CPU
-//           flash kernel does before its second product);
+//   softmax mask, row maximum, p = exp(scale (s - max)) summed in float32 and rounded to bf16 (as torch's
+//           CPU flash kernel does before its second product);
 //   values  O = P V: V^T packed as W (tiles of 48 of head_dim, keys in pairs), P's rows as x; O / sum -> bf16.
 // A row that may attend no key at all gets zeros.
 
@@ -18,8 +18,9 @@ inline void store_bf16(uint16_t* p, int64_t left, __m512 v) {
   _mm256_mask_storeu_epi16(p, Isa::mask(left), (__m256i)_mm512_cvtneps_pbh(v));
 }
 
-// exp(x) for x <= 0, within about 2 float32 ulps: 2^n e^f with n = round(x log2 e), |f| <= ln2 / 2, and e^f by
-// its Taylor polynomial of degree 6 (remainder below 1.3e-7). Inputs below -100 give 2^-144 or less.
+// exp(x) for x <= 0: 2^n e^f with n = round(x log2 e), |f| <= ln2 / 2, and e^f by its Taylor polynomial of
+// degree 6 (remainder below 1.3e-7). Relative error about 1.3e-7 + |x| 2^-24 (the rounding of x log2 e): 2e-7
+// near the row's maximum, where the weights that count lie, far below bf16's 2^-9. Below -100: 2^-144 or less.
 inline __m512 exp_nonpositive(__m512 x) {
   const __m512 t = _mm512_mul_ps(_mm512_max_ps(x, _mm512_set1_ps(-100.f)), _mm512_set1_ps(1.44269504088896341f));
   const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

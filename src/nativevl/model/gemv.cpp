@@ -17,7 +17,7 @@
 // gemv_level() says which this one runs. Elsewhere the file builds and says 0.
 //
 // torch.ops.nativevl_cpu.attention: bf16 attention for prompts on the level-3 loops (attention_tiles.h):
-// torch's CPU flash kernel ran the 1B's ViT attention at a third of the bf16 matmul rate.
+// torch's CPU flash kernel ran the 1B's ViT attention at a quarter of the bf16 matmul rate.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

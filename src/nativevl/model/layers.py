@@ -83,7 +83,7 @@ def prepack_linears(module: nn.Module, native_bf16: bool | None = None, decodes:
 
     Where the CPU has AVX-512 BF16 it also turns on nativevl's bf16 attention kernel for prompts in the
     module's attention layers (`kernel_attention`; model/gemv.py, attention_tiles.h): torch's CPU flash kernel
-    ran the 1B's ViT attention (1,025 tokens, 16 heads) at 120 GFLOP/s, a third of the bf16 matmul rate.
+    ran the 1B's ViT attention (1,025 tokens, 16 heads) at 105-120 GFLOP/s, a quarter of the bf16 matmul rate.
 
     `native_bf16`: whether this CPU multiplies bf16 natively (default: ask oneDNN). The copies cost memory (as
     much again as the weights; twice as much for widened bf16 or with the kernel's copy) and are not updated
