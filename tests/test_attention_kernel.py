@@ -123,6 +123,8 @@ def test_bad_inputs_are_refused():
         gemv.attention(q.float(), k, v)
     with pytest.raises(RuntimeError, match="heads a multiple of kv_heads"):
         gemv.attention(q[:, :3], k, v)
+    with pytest.raises(RuntimeError, match="heads a multiple of kv_heads"):
+        gemv.attention(q, k[:, :0], v[:, :0])
     with pytest.raises(RuntimeError, match="head_dim 15: even"):
         gemv.attention(q[..., :15], k[..., :15], v[..., :15])
     with pytest.raises(RuntimeError, match="mask: bool"):
@@ -136,9 +138,14 @@ def test_available_follows_the_cpu_and_the_cap(monkeypatch):
     monkeypatch.setenv("NATIVEVL_GEMV", "2")
     assert not gemv.attention_available()
     q = torch.zeros(1, 2, 3, 8, dtype=torch.bfloat16)
-    assert gemv.attention_takes(q)
-    assert not gemv.attention_takes(q[:, :, :1])  # a decode step stays on SDPA
-    assert not gemv.attention_takes(q.float()) and not gemv.attention_takes(q[..., :7])
-    assert not gemv.attention_takes(q.clone().requires_grad_())
-    with torch.no_grad():
-        assert gemv.attention_takes(q.clone().requires_grad_())
+    assert gemv.attention_takes(q, q, q)
+    assert gemv.attention_takes(q, q, q, torch.ones(1, 1, 3, 3, dtype=torch.bool))
+    assert not gemv.attention_takes(q, q, q, torch.zeros(1, 1, 3, 3))  # an additive mask: SDPA
+    assert not gemv.attention_takes(q[:, :, :1], q, q)  # a decode step stays on SDPA
+    assert not gemv.attention_takes(q.float(), q, q) and not gemv.attention_takes(q[..., :7], q, q)
+    for wants_grad in range(3):  # a gradient for q, k or v: SDPA (the kernel has no backward)
+        t = [q, q, q]
+        t[wants_grad] = q.clone().requires_grad_()
+        assert not gemv.attention_takes(*t)
+        with torch.no_grad():
+            assert gemv.attention_takes(*t)

@@ -49,7 +49,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: AttentionInputs
     """q (B, H, Lq, D), k/v (B, Hkv, Lk, D) -> (B, H, Lq, D). `kernel`: a bf16 prompt on CPU may use nativevl's
     attention kernel (model/gemv.py; `prepack_linears` turns it on where the CPU has AVX-512 BF16)."""
     gqa = k.shape[1] != q.shape[1]
-    if kernel and a.segments is None and dropout == 0.0 and gemv.attention_takes(q):
+    if kernel and a.segments is None and dropout == 0.0 and gemv.attention_takes(q, k, v, a.mask):
         return gemv.attention(q, k, v, a.mask, a.is_causal)
     if gqa and q.shape[2] == 1 and not a.is_causal and a.segments is None and q.device.type == "cpu":
         # Decoding (one query per row): a key/value head's group of query heads can be rows of one head, as

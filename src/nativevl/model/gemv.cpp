@@ -212,7 +212,7 @@ void attention_blocks(const at::Tensor& q, const at::Tensor& k, const at::Tensor
                       bool causal, double scale, at::Tensor& out) {
   const int64_t b = q.size(0), h = q.size(1), lq = q.size(2), d = q.size(3), hkv = k.size(1), lk = k.size(2);
   const int64_t k_size = (lk + avx512::kTile - 1) / avx512::kTile * avx512::kTile * d;
-  const int64_t v_size = (d + avx512::kTile - 1) / avx512::kTile * avx512::kTile * (lk + 1) / 2 * 2;
+  const int64_t v_size = (d + avx512::kTile - 1) / avx512::kTile * avx512::kTile * ((lk + 1) / 2 * 2);
   const auto* kp = reinterpret_cast<const uint16_t*>(k.data_ptr());
   const auto* vp = reinterpret_cast<const uint16_t*>(v.data_ptr());
   const auto* qp = reinterpret_cast<const uint16_t*>(q.data_ptr());
@@ -262,7 +262,7 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kBFloat16 && t->dim() == 4,
                 "q, k, v: 4-d bf16 on CPU, (batch, heads, length, head_dim)");
   const int64_t b = q.size(0), h = q.size(1), lq = q.size(2), d = q.size(3), lk = k.size(2);
-  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == b && k.size(3) == d && h % k.size(1) == 0,
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == b && k.size(3) == d && k.size(1) > 0 && h % k.size(1) == 0,
               "k and v: (batch, kv_heads, length, head_dim) with q's batch and head_dim, heads a multiple of kv_heads");
   TORCH_CHECK(d % 2 == 0 && d > 0, "head_dim ", d, ": even (bf16 pairs)");
   TORCH_CHECK(scale > 0, "scale ", scale, ": positive");

@@ -117,7 +117,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     """softmax(q k^T scale) v for bf16 q (B, H, Lq, D), k/v (B, Hkv, Lk, D) -> (B, H, Lq, D) (a transposed view of
     (B, Lq, H, D)), on the kernel's VDPBF16PS products (where `attention_available()`). `causal` aligns the last
     query with the last key (a prompt after a KV cache), `mask` bool (B or 1, 1, Lq or 1, Lk), True: may attend.
-    Rows that may attend nothing get zeros."""
+    Rows that may attend nothing get zeros. As in SDPA, an inf or NaN in V reaches every row of its block, even
+    those that may not attend it (a weight of 0 times inf is NaN)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if not (torch.compiler.is_compiling() or built()):  # (compiled code runs after prepack_linears built it)
         raise RuntimeError(f"nativevl: {SOURCE.name} is not built here; use scaled_dot_product_attention")
@@ -129,11 +130,13 @@ def attention_available() -> bool:
     return level() >= 3
 
 
-def attention_takes(q: torch.Tensor) -> bool:
-    """Whether `attention` computes what SDPA would for q: bf16 on CPU, an even head_dim, more than one query
-    (a decode step's single query stays on SDPA), no gradient wanted (the kernel has no backward)."""
+def attention_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> bool:
+    """Whether `attention` computes what SDPA would here: bf16 on CPU, an even head_dim, more than one query
+    (a decode step's single query stays on SDPA), a boolean mask or none, no gradient wanted (the kernel has
+    no backward)."""
     return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.shape[-1] % 2 == 0 and q.shape[-2] > 1
-            and not (torch.is_grad_enabled() and q.requires_grad))
+            and (mask is None or mask.dtype == torch.bool)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))))
 
 
 def _attention_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,

@@ -69,7 +69,7 @@ class VisionAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.view(n, length, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))
         dropout = self.dropout if self.training else 0.0
-        if self.kernel_attention and dropout == 0.0 and gemv.attention_takes(q):
+        if self.kernel_attention and dropout == 0.0 and gemv.attention_takes(q, k, v):
             out = gemv.attention(q, k, v)
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # bidirectional within a tile
