@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import fmt, measure_turns, show, table
+from benchmarks.common import Timing, fmt, measure_turns, show, table
 from benchmarks.ttft import TEXT
 from nativevl.config import preset
 from nativevl.model import gemv
@@ -20,7 +20,7 @@ def shapes(preset_name: str, tile_counts: list[int]) -> list[tuple[str, int, int
     """(what, batch, heads, kv heads, length, head_dim, causal) per row of the table."""
     cfg = preset(preset_name)
     v, t = cfg.vision, cfg.text
-    tokens = cfg.vision.num_patches + 1  # the class token
+    tokens = v.num_patches + 1  # the class token
     rows = [(f"ViT, {n} tile{'s' * (n > 1)}", n, v.num_attention_heads, v.num_attention_heads, tokens,
              v.hidden_size // v.num_attention_heads, False) for n in tile_counts]
     rows += [(f"LLM prompt, {n} tile{'s' * (n > 1)}", 1, t.num_attention_heads, t.num_key_value_heads,
@@ -33,6 +33,18 @@ def flops(b: int, h: int, length: int, d: int, causal: bool) -> float:
     return 4 * b * h * length**2 * d / (2 if causal else 1)
 
 
+def timed(b: int, h: int, hkv: int, length: int, d: int, causal: bool, repeats: int, g: torch.Generator
+          ) -> dict[str, Timing]:
+    """SDPA and the kernel on the same random q, k, v, laid out as the models hand them over: (B, L, H, D)
+    projections viewed as (B, H, L, D)."""
+    q = torch.randn(b, length, h, d, generator=g).bfloat16().transpose(1, 2)
+    k, v = (torch.randn(b, length, hkv, d, generator=g).bfloat16().transpose(1, 2) for _ in range(2))
+    return measure_turns({
+        "SDPA": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=h != hkv),
+        "nativevl kernel": lambda: gemv.attention(q, k, v, None, causal),
+    }, repeats)
+
+
 def run(preset_name: str, tile_counts: list[int], repeats: int, bf16_flops: float) -> str:
     if not gemv.attention_available():
         return ("nativevl's attention kernel needs a CPU with AVX-512 BF16 (and the kernel built); "
@@ -40,14 +52,7 @@ def run(preset_name: str, tile_counts: list[int], repeats: int, bf16_flops: floa
     rows = []
     g = torch.Generator().manual_seed(0)
     for what, b, h, hkv, length, d, causal in shapes(preset_name, tile_counts):
-        # laid out as the models hand them over: (B, L, H, D) projections viewed as (B, H, L, D)
-        q = torch.randn(b, length, h, d, generator=g).bfloat16().transpose(1, 2)
-        k, v = (torch.randn(b, length, hkv, d, generator=g).bfloat16().transpose(1, 2) for _ in range(2))
-        engines = {
-            "SDPA": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=h != hkv),
-            "nativevl kernel": lambda: gemv.attention(q, k, v, None, causal),
-        }
-        timings = measure_turns(engines, repeats)
+        timings = timed(b, h, hkv, length, d, causal, repeats, g)
         work = flops(b, h, length, d, causal)
         base = timings["SDPA"].median
         for name, t in timings.items():

@@ -167,20 +167,19 @@ class PackedLinear:
         self.compute = torch.bfloat16 if first.dtype == torch.bfloat16 and native_bf16 else torch.float32
         self.rows = ((1, PACKED_MAX_ROWS) if first.dtype == torch.float32 else
                      (1, None) if native_bf16 else (BF16_PACKED_MIN_ROWS, None))
-        weight = torch.cat([layer.weight.detach() for layer in layers]).to(self.compute)
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        stacked = torch.cat([layer.weight.detach() for layer in layers])
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(stacked.to(self.compute), 1)
         self.bias = None
         if any(layer.bias is not None for layer in layers):  # a layer without one adds zeros
             self.bias = torch.cat([layer.bias.detach() if layer.bias is not None
                                    else first.new_zeros(layer.out_features) for layer in layers]).to(self.compute)
         # a decode step's few rows: nativevl's kernel, on its own copy (model/gemv.py)
         self.kernel_weight = self.kernel_bias = None
-        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.in_features, self.out_features = stacked.shape[1], stacked.shape[0]
         self.kernel_level = gemv.level()
         if decodes and first.dtype in gemv.DTYPES and self.kernel_level:
-            if self.compute != first.dtype:  # bf16 widened for oneDNN: the kernel reads it in bf16
-                weight = torch.cat([layer.weight.detach() for layer in layers])
-            self.kernel_weight = gemv.pack(weight, self.kernel_level)
+            # in the layers' own dtype: bf16 widened for oneDNN is still read in bf16 by the kernel
+            self.kernel_weight = gemv.pack(stacked, self.kernel_level)
             # float32 in the kernel (a widened bf16 bias is exact)
             self.kernel_bias = None if self.bias is None else gemv.pack_bias(self.bias, self.kernel_level)
 
