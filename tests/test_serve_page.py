@@ -15,7 +15,7 @@ from test_serve import start_server
 
 from nativevl import Pipeline
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM = os.environ.get("NATIVEVL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 # The flags this machine needs: no sandbox as root, and no background traffic to hosts it cannot reach.
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
@@ -25,7 +25,7 @@ ARTIFACTS = Path(os.environ.get("NATIVEVL_ARTIFACTS", Path(__file__).resolve().p
 def test_chat_page_streams_an_answer_about_an_attached_image(tmp_path):
     from playwright.sync_api import sync_playwright
 
-    assert Path(CHROMIUM).exists(), "Debian's chromium is needed: apt-get install chromium (.ci/run does)"
+    assert Path(CHROMIUM).exists(), "Chromium is needed: `make test` installs Debian's (tools/ensure_chromium.sh)"
     ckpt = tiny_checkpoint(tmp_path / "tiny")
     proc, url = start_server(ckpt)
     try:
