@@ -4,7 +4,9 @@ run in this process on the same tiny checkpoint (greedy unless a test samples)."
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import http.client
 import http.server
 import json
 import os
@@ -14,6 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +30,7 @@ from PIL import Image
 from reference import tiny_checkpoint
 
 from nativevl import Pipeline
+from nativevl.serve.api import BodyLimit, model_id, server_urls
 
 
 def free_port() -> int:
@@ -239,6 +245,131 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, ckp
     assert httpx.get(server + "/nowhere").json()["error"]["message"]
     assert post(server, {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
                 ).json()["choices"][0]["finish_reason"] == "length"
+
+
+
+def oversize(mib: int) -> bytes:
+    return json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "x" * (mib << 20)}]}).encode()
+
+
+def assert_413(status: int, text: bytes | str) -> None:
+    assert status == 413, (status, text[:300])
+    error = json.loads(text)["error"]
+    assert error["code"] == "request_too_large" and "limit of 3000000 bytes" in error["message"], error
+
+
+def test_oversize_bodies_get_the_413_with_plain_clients_and_the_server_keeps_serving(server):
+    """urllib writes the whole body before reading and sends `Connection: close`: a 413 sent before the body
+    was read, then the close, reached it as a connection reset."""
+    url = server + "/v1/chat/completions"
+    ok = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).encode()
+    for mib in (40, 100):
+        request = urllib.request.Request(url, oversize(mib), {"content-type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(request, timeout=60)
+        assert_413(e.value.code, e.value.read())
+    # http.client on one keep-alive connection: Content-Length, then chunked, then a normal request on it
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    big = oversize(40)
+    for body in (big, (big[i:i + 65536] for i in range(0, len(big), 65536))):
+        conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"},
+                     encode_chunked=not isinstance(body, bytes))
+        r = conn.getresponse()
+        assert_413(r.status, r.read())
+        assert r.getheader("connection") is None  # drained: the connection stays open
+    conn.request("POST", "/v1/chat/completions", ok, {"content-type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200 and json.loads(r.read())["choices"][0]["finish_reason"] == "length"
+    conn.close()
+    with urllib.request.urlopen(urllib.request.Request(url, ok, {"content-type": "application/json"}),
+                                timeout=60) as r:
+        assert r.status == 200
+
+
+class Client:
+    """An ASGI client for BodyLimit alone: `chunks` chunks of `size` bytes (or chunks sent forever every
+    `delay` seconds), counting what the middleware read."""
+
+    def __init__(self, size: int, chunks: int | None, delay: float = 0.0) -> None:
+        self.size, self.chunks, self.delay = size, chunks, delay
+        self.chunk = b"x" * size  # one object sent again and again: whatever memory grows is the middleware's
+        self.read = 0
+        self.sent: list[dict] = []
+        self.app_body: bytes | None = None
+
+    async def receive(self) -> dict:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.read += self.size
+        more = self.chunks is None or self.read < self.chunks * self.size
+        return {"type": "http.request", "body": self.chunk, "more_body": more}
+
+    async def send(self, message: dict) -> None:
+        self.sent.append({**message, "read": self.read})
+
+    async def app(self, scope: dict, receive, send) -> None:
+        self.app_body = (await receive())["body"]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def run(self, headers: dict[str, str], **bounds) -> tuple[int, dict[str, str], int]:
+        """(status, response headers, bytes read before the response started)."""
+        scope = {"type": "http", "method": "POST", "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+        asyncio.run(BodyLimit(self.app, 1 << 20, **bounds)(scope, self.receive, self.send))
+        start = self.sent[0]
+        return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, start["read"]
+
+
+def test_body_limit_drains_an_oversize_body_in_bounded_memory_then_answers():
+    mib = 1 << 20
+    for headers in ({"content-length": str(100 * mib)}, {"transfer-encoding": "chunked"}):
+        client = Client(64 * 1024, 1600)  # 100 MiB
+        tracemalloc.start()
+        status, response, read = client.run(headers)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert (status, read) == (413, 100 * mib) and "connection" not in response, headers  # all of it, then 413
+        assert peak < 4 * mib, peak  # the limit's worth at most (chunked), never the body
+        assert client.app_body is None
+    status, response, read = Client(64 * 1024, 17).run({})  # over the limit in its last chunk: nothing left
+    assert (status, read) == (413, 17 * 64 * 1024) and "connection" not in response
+    # over the discard bound: declared, answered before reading; counted, answered once the bound is passed
+    status, response, read = Client(64 * 1024, 1600).run({"content-length": str(100 * mib)}, discard=8 * mib)
+    assert (status, response.get("connection"), read) == (413, "close", 0)
+    status, response, read = Client(64 * 1024, None).run({}, discard=8 * mib)
+    assert (status, response.get("connection")) == (413, "close") and 8 * mib < read <= 9 * mib
+    # a client waiting for `100 Continue` is answered without being asked for the body
+    status, response, read = Client(64 * 1024, 1600).run({"content-length": str(100 * mib), "expect": "100-continue"})
+    assert (status, response.get("connection"), read) == (413, "close", 0)
+    # a body that trickles in for ever: answered after discard_seconds
+    t0 = time.perf_counter()
+    status, response, read = Client(64 * 1024, None, delay=0.01).run({}, discard_seconds=0.3)
+    assert (status, response.get("connection")) == (413, "close") and 0.25 < time.perf_counter() - t0 < 2
+    # within the limit the app gets the body, declared or not
+    for headers in ({"content-length": str(mib)}, {}):
+        client = Client(mib // 4, 4)
+        status, _, _ = client.run(headers)
+        assert status == 200 and client.app_body == b"x" * mib
+
+
+def test_model_ids_of_generic_checkpoint_folders(tmp_path):
+    assert model_id(tmp_path / "InternVL3-1B") == "InternVL3-1B"
+    assert model_id(tmp_path / "demo_out" / "sft" / "final") == "sft"
+    assert model_id(tmp_path / "out" / "step-0000200") == "out-step-0000200"
+    assert model_id(tmp_path / "run" / "checkpoint-500") == "run-checkpoint-500"
+    assert model_id(tmp_path / "final-answer") == "final-answer"
+    assert model_id(tmp_path / "models--OpenGVLab--InternVL3-1B" / "snapshots" / "0123abc") == "InternVL3-1B"
+    assert model_id("/final") == "final"
+    assert server_urls("0.0.0.0", 8000) == ("http://0.0.0.0:8000/v1", "http://0.0.0.0:8000/")
+    assert server_urls("::1", 80) == ("http://[::1]:80/v1", "http://[::1]:80/")
+
+
+def test_start_up_logs_the_model_id_and_urls_and_404_names_the_id(server, ckpt):
+    log = (ckpt.parent / f"serve-{server.rsplit(':', 1)[1]}.log").read_text()
+    assert f"serving model 'tiny' (the id clients send as \"model\"): API {server}/v1, chat page {server}/" in log
+    r = post(server, {"model": "final", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 404 and "this server serves 'tiny'" in r.json()["error"]["message"]
 
 
 def wait_idle(server: str, seconds: float) -> dict:

@@ -19,6 +19,8 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
+import re
 import time
 import urllib.error
 import urllib.request
@@ -46,15 +48,25 @@ from nativevl.model.internvl import InternVL
 from nativevl.serve.engine import Engine, Event, Sequence
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class ServeConfig:
     """What the operator decides; every limit is per request unless it says otherwise."""
 
     model: str  # checkpoint folder
-    model_name: str | None = None  # the id clients send as `model`; default: the folder's name
+    model_name: str | None = None  # the id clients send as `model`; default: `model_id(model)`, the folder's
+    # name, or the run's for a trainer's output folder (demo_out/sft/final -> sft, out/step-0000200 ->
+    # out-step-0000200) or a Hugging Face cache snapshot (models--OpenGVLab--InternVL3-1B/snapshots/<sha> ->
+    # InternVL3-1B)
     max_batch: int = 16  # sequences decoded together (across requests)
     max_body_bytes: int = 32 * 1024 * 1024
+    # The rest of an oversize body is read and dropped before its 413, so clients that write the whole body
+    # before reading (urllib, http.client, requests) get the answer, not a reset; past this many bytes in all,
+    # or this many seconds after the body went over the limit, the 413 goes out with `Connection: close`.
+    max_discard_bytes: int = 1024 * 1024 * 1024
+    discard_timeout: float = 60.0
     max_images: int = 8
     max_tiles: int | None = None  # tiles per image (dynamic tiling's max_num); default: the model's
     max_model_len: int | None = None  # prompt + output tokens; default: the tokenizer's model_max_length
@@ -235,6 +247,28 @@ def load_tiles(urls: list[str], cfg: ServeConfig, size: int, max_tiles: int, dty
 
 # --- the server --------------------------------------------------------------------------------------------------
 
+GENERIC_FOLDER = re.compile(r"final|(step|checkpoint)-\d+")  # the trainer's out/final, out/step-0000200; HF's
+
+
+def model_id(folder: str | Path) -> str:
+    """The id a checkpoint folder is served under when the operator names none: the folder's name, except for
+    names that say nothing about the model: a trainer's `final` is its run's (demo_out/sft/final -> `sft`), a
+    step's is the run's and the step's (out/step-0000200 -> `out-step-0000200`), and a Hugging Face cache
+    snapshot (models--OpenGVLab--InternVL3-1B/snapshots/<sha>) is the model's (`InternVL3-1B`)."""
+    path = Path(folder).resolve()
+    parent = path.parent
+    if parent.name == "snapshots" and parent.parent.name.startswith("models--"):
+        return parent.parent.name.split("--")[-1]
+    if not GENERIC_FOLDER.fullmatch(path.name) or not parent.name:
+        return path.name
+    return parent.name if path.name == "final" else f"{parent.name}-{path.name}"
+
+
+def server_urls(host: str, port: int) -> tuple[str, str]:
+    """(the API's base URL, the chat page's URL) of a server listening on host:port."""
+    root = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    return root + "/v1", root + "/"
+
 
 class Server:
     """The loaded model, its engine and the request handlers."""
@@ -245,7 +279,7 @@ class Server:
                               cfg.prepack, cfg.compile)
         self.tokenizer: InternVLTokenizer = load_tokenizer(cfg.model)
         _check_tokenizer(self.model, self.tokenizer)
-        self.name = cfg.model_name or Path(cfg.model).resolve().name
+        self.name = cfg.model_name or model_id(cfg.model)
         self.max_tiles = cfg.max_tiles or self.model.config.max_dynamic_patch
         self.max_len = (cfg.max_model_len or self.tokenizer.model_max_length
                         or self.model.config.text.max_position_embeddings)
@@ -455,19 +489,29 @@ async def stream(seqs: list[Sequence], events: asyncio.Queue[tuple[int, Event]],
 
 class BodyLimit:
     """ASGI middleware: a request body over `limit` bytes gets 413 before the app sees it (Content-Length or
-    not); the body read here is replayed to the app, whose later receives (disconnects) go to the client."""
+    not); the body read here is replayed to the app, whose later receives (disconnects) go to the client.
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    An oversize body is read to its end and dropped (chunk by chunk: memory stays at one chunk) before the 413
+    goes out. Answering first would not do: uvicorn closes the connection after the response when the client
+    sent `Connection: close` (urllib always does), and closing a socket with unread bytes makes the kernel
+    send a reset, which loses the 413 under a client still writing its body. Draining is bounded: a body
+    declared or counted over `discard` bytes, or still arriving `discard_seconds` after it went over the
+    limit, gets the 413 at once with `Connection: close` (such a client may see a reset instead); so does one
+    sent with `Expect: 100-continue`, whose client waits for the answer before sending the body."""
+
+    def __init__(self, app: Any, limit: int, discard: int = 1024 * 1024 * 1024,
+                 discard_seconds: float = 60.0) -> None:
+        self.app, self.limit, self.discard, self.discard_seconds = app, limit, discard, discard_seconds
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        body, more = b"", True
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            more = False
-            body = None
+            waiting = headers.get(b"expect", b"").lower() == b"100-continue"
+            return await self.refuse(scope, receive, send, 0, True, int(declared) <= self.discard and not waiting)
+        body, more = bytearray(), True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -475,12 +519,8 @@ class BodyLimit:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.limit:
-                body = None
-                break
-        if body is None:
-            response = JSONResponse(error_body(f"the request body is over this server's limit of {self.limit} bytes",
-                                               code="request_too_large"), status_code=413)
-            return await response(scope, receive, send)
+                received, body = len(body), bytearray()  # dropped before the drain, not held through it
+                return await self.refuse(scope, receive, send, received, more)
         replayed = False
 
         async def replay() -> dict[str, Any]:
@@ -488,9 +528,28 @@ class BodyLimit:
             if replayed:
                 return await receive()
             replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         await self.app(scope, replay, send)
+
+    async def refuse(self, scope: dict[str, Any], receive: Any, send: Any, received: int, more: bool,
+                     drain: bool = True) -> None:
+        """Read and drop the rest of an oversize body (`received` bytes read so far, `more` to come) within the
+        bounds, unless `drain` is false; then answer 413, with `Connection: close` where some was left unread."""
+        try:
+            async with asyncio.timeout(self.discard_seconds):
+                while drain and more and received <= self.discard:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    received += len(message.get("body", b""))
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            pass
+        response = JSONResponse(error_body(f"the request body is over this server's limit of {self.limit} bytes",
+                                           code="request_too_large"), status_code=413,
+                                headers={"connection": "close"} if more else None)
+        await response(scope, receive, send)
 
 
 def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, graceful_timeout: float = 30.0) -> None:
@@ -498,5 +557,8 @@ def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, graceful_
     cancelled."""
     import uvicorn
 
-    app = BodyLimit(create_app(cfg), cfg.max_body_bytes)
+    app = BodyLimit(create_app(cfg), cfg.max_body_bytes, cfg.max_discard_bytes, cfg.discard_timeout)
+    api, page = server_urls(host, port)
+    log.info('serving model %r (the id clients send as "model"): API %s, chat page %s', app.app.state.server.name,
+             api, page)
     uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=graceful_timeout, log_level="info")
