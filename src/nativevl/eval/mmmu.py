@@ -1,5 +1,6 @@
-"""MMMU scoring as InternVL's `eval/mmmu` scripts do it (spec §12): the prompt, the answer post-processing, and the
-official MMMU rules for multiple-choice and open questions, with per-subject and instance-weighted accuracy.
+"""MMMU as InternVL's `eval/mmmu` scripts ask it (spec §12): the prompt, the local data layout, greedy or Best-of-N
+replies, scored by one of three metrics (`mmmu`, the default; `vlmevalkit`; `internvl`: see mmmu_scoring), with
+per-subject and instance-weighted accuracy.
 
 A local MMMU-layout dataset is a folder of JSONL files (one per subject, or one in all), a record per line:
 `{"id", "question", "options": [..] or "['..', ..]", "answer", "question_type": "multiple-choice" | "open",
@@ -9,12 +10,29 @@ A local MMMU-layout dataset is a folder of JSONL files (one per subject, or one 
 from __future__ import annotations
 
 import ast
-import re
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nativevl.eval.answer import DatasetError, jsonl_records
+from nativevl.eval.mmmu_scoring import (  # noqa: F401  (re-exported: the rules live in mmmu_scoring)
+    DEFAULT_SCORING,
+    MMMU_SEED,
+    SCORINGS,
+    Verdict,
+    check_scoring,
+    describe_scoring,
+    eval_multi_choice,
+    eval_open,
+    extract_numbers,
+    normalize_str,
+    parse_multi_choice_response,
+    parse_open_response,
+    post_process,
+    score,
+    score_all,
+)
 
 LETTERS = "ABCDEFGHIJKLM"
 MC_PROMPT = "Answer with the option's letter from the given choices directly."
@@ -26,12 +44,14 @@ MAX_IMAGES = 7
 class Question:
     id: str
     question: str
-    options: dict[str, str]  # letter -> option text; empty for open questions
+    options: dict[str, str]  # letter -> option text, stripped (the prompt and InternVL's reading); {} when open
     answer: str | list[str]
     question_type: str
     images: list[Path] = field(default_factory=list)
     subject: str = ""
     source: str = ""  # file:line
+    # the option texts as the record has them, unstripped (MMMU's and VLMEvalKit's rules read these); {}: `options`
+    option_texts: dict[str, str] = field(default_factory=dict)
 
     @property
     def prompt(self) -> str:
@@ -46,102 +66,11 @@ def build_prompt(question: str, options: list[str], question_type: str) -> str:
     return text + "\n" + (MC_PROMPT if question_type == "multiple-choice" else OPEN_PROMPT)
 
 
-def post_process(pred: str, options: dict[str, str]) -> str:
-    """InternVL's reading of a multiple-choice reply: a 1-character reply as is; else its first character when
-    that is an option letter; else the letter of the first option whose text it contains; else the reply."""
-    pred = pred.strip()
-    if len(pred) == 1:
-        return pred
-    if pred and pred[0] in options:
-        return pred[0]
-    for letter, text in options.items():
-        if text in pred:
-            return letter
-    return pred
-
-
-# --- the official MMMU rules (eval_utils.py) ---------------------------------------------------------------------
-
-
-def extract_numbers(text: str) -> list[str]:
-    commas = re.findall(r"-?\b\d{1,3}(?:,\d{3})+\b", text)
-    scientific = re.findall(r"-?\d+(?:\.\d+)?[eE][+-]?\d+", text)
-    simple = re.findall(r"-?(?:\d+\.\d+|\.\d+|\d+)(?![eE][+-]?\d+)(?![,\d])", text)
-    return commas + scientific + simple
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text.replace(",", ""))
-        return True
-    except ValueError:
-        return False
-
-
-def normalize_str(text: str) -> list[str | float]:
-    """A number becomes a float rounded to 2 decimals; other text is lower-cased (a single character is padded
-    with a space on either side, so that it only matches as a word)."""
-    text = text.strip()
-    if _is_number(text):
-        return [round(float(text.replace(",", "")), 2)]
-    text = text.lower()
-    return [" " + text, text + " "] if len(text) == 1 else [text]
-
-
-def _key_subresponses(response: str) -> list[str]:
-    response = response.strip().strip(".").lower()
-    # as the official code: the text is lower-cased first, so only newlines split it in practice
-    parts = re.split(r"\.\s(?=[A-Z])|\n", response)
-    indicators = ["could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result "]
-    keys = []
-    for index, part in enumerate(parts):
-        if index == len(parts) - 1:
-            indicators = [*indicators, "="]
-        shortest = None
-        for indicator in indicators:
-            if indicator in part:
-                tail = part.split(indicator)[-1].strip()
-                if shortest is None or len(tail) < len(shortest):
-                    shortest = tail
-        if shortest and shortest.strip() not in (":", ",", ".", "!", "?", ";", "'"):
-            keys.append(shortest)
-    return keys or [response]
-
-
-def parse_open_response(response: str) -> list[str | float]:
-    """Candidate answers of an open reply: the text after indicator words, the numbers in it, normalised."""
-    keys = _key_subresponses(response)
-    candidates: list[str] = list(keys)
-    for key in keys:
-        candidates += extract_numbers(key)
-    normalised: list[str | float] = []
-    for c in candidates:
-        normalised += normalize_str(c)
-    return list(dict.fromkeys(normalised))  # unique, first occurrence first
-
-
-def eval_open(gold: str | list[str], preds: list[str | float]) -> bool:
-    """Right when a normalised gold string is inside a predicted string, or a predicted number equals a gold one."""
-    answers: list[str | float] = []
-    for g in gold if isinstance(gold, list) else [gold]:
-        answers += normalize_str(g)
-    for pred in preds:
-        if isinstance(pred, str):
-            if any(isinstance(a, str) and a in pred for a in answers):
-                return True
-        elif pred in answers:
-            return True
-    return False
-
-
-def eval_multi_choice(gold: str | list[str], pred: str) -> bool:
-    return pred in gold if isinstance(gold, list) else pred == gold
-
-
-def is_correct(q: Question, reply: str) -> bool:
-    if q.question_type == "multiple-choice":
-        return eval_multi_choice(q.answer, post_process(reply, q.options))
-    return eval_open(q.answer, parse_open_response(reply))
+def is_correct(q: Question, reply: str, scoring: str = DEFAULT_SCORING, rng: random.Random | None = None) -> bool:
+    """Whether `reply` answers `q` by the metric `scoring` (one of SCORINGS; see mmmu_scoring). Under `mmmu` a
+    multiple-choice reply that does not parse gets a random letter drawn from `rng`, a fresh
+    `random.Random(MMMU_SEED)` when none is given; `score_all` draws one sequence over many questions."""
+    return score(q, reply, scoring, rng).correct
 
 
 # --- local data and results ------------------------------------------------------------------------------------
@@ -179,16 +108,23 @@ def read_questions(folder: str | Path) -> list[Question]:
                     raise DatasetError(f"{where}: image_{k} {image} does not exist")
                 images.append(image)
         questions.append(Question(str(r["id"]), r["question"], dict(zip(LETTERS, (o.strip() for o in options))),
-                                  r["answer"], kind, images, r.get("subject") or path.stem, where))
+                                  r["answer"], kind, images, r.get("subject") or path.stem, where,
+                                  dict(zip(LETTERS, options))))
     return questions
 
 
 def evaluate_mmmu(model: Any, tokenizer: Any, questions: list[Question], max_num: int = 6,
                   max_new_tokens: int = 10, prm: Any = None, best_of: int = 1, progress: bool = False,
-                  batch_size: int = 16) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
-    """Greedy (min 1 new token) or Best-of-N answers, scored; (table, one result row per question).
-    As the original script: every image's tiles go under one `<image>`, at most `max_num` tiles per image."""
+                  batch_size: int = 16, scoring: str = DEFAULT_SCORING,
+                  ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """Greedy (min 1 new token) or Best-of-N answers, scored by the metric `scoring` (one of SCORINGS); (table,
+    one result row per question, each naming the metric, what was read from the reply and any note).
+    As the original script: every image's tiles go under one `<image>`, at most `max_num` tiles per image.
+    Under `mmmu` the random picks for unreadable multiple-choice replies come from one `random.Random(MMMU_SEED)`
+    in the order of `questions` (see score_all)."""
     from nativevl.eval.answer import accuracy_table, load_tiles, replies
+
+    check_scoring(scoring)  # before any reply is generated
 
     def item(q: Question) -> tuple[Any, str, list[int]]:
         pixels, _ = load_tiles(model, q.images, max_num)  # all under one <image>, as the original script
@@ -198,8 +134,8 @@ def evaluate_mmmu(model: Any, tokenizer: Any, questions: list[Question], max_num
                     prm=prm, best_of=best_of, total=len(questions), batch_size=batch_size,
                     progress="mmmu" if progress else None)
     results, rows = [], []
-    for q, text in zip(questions, texts, strict=True):
-        ok = is_correct(q, text)
-        results.append((q.subject, ok))
-        rows.append({"id": q.id, "subject": q.subject, "reply": text, "answer": q.answer, "correct": ok})
+    for q, text, verdict in zip(questions, texts, score_all(questions, texts, scoring), strict=True):
+        results.append((q.subject, verdict.correct))
+        rows.append({"id": q.id, "subject": q.subject, "reply": text, "answer": q.answer, "correct": verdict.correct,
+                     "scoring": scoring, "parsed": verdict.parsed, **({"note": verdict.note} if verdict.note else {})})
     return accuracy_table(results), rows
