@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,8 +18,9 @@ from safetensors.torch import load_file
 
 from nativevl import InternVL
 from nativevl.data.world import generate_world
-from nativevl.train.config import TrainConfig, load_config
-from nativevl.train.trainer import Trainer, TrainingError
+from nativevl.train.config import ConfigError, TrainConfig
+from nativevl.train.recipes import load_config
+from nativevl.train.trainer import Trainer, TrainingError, train
 
 TINY = {"vision.image_size": 224, "vision.hidden_size": 32, "vision.intermediate_size": 64,
         "vision.num_attention_heads": 2, "vision.num_hidden_layers": 2, "text.hidden_size": 32,
@@ -53,6 +55,10 @@ def losses(out: Path) -> dict[int, float]:
     return {int(r["step"]): r["loss"] for r in rows}
 
 
+def steps_logged(out: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def test_config_overrides_and_saved_config_round_trip(tmp_path):
     cfg = load_config("sft", ["steps=7", "optim.lr=1e-4", "freeze.vit=true", "data.text_ratio=0.5",
                               'model.overrides={"text.hidden_size" = 64}'])
@@ -60,11 +66,11 @@ def test_config_overrides_and_saved_config_round_trip(tmp_path):
     assert cfg.model.overrides == {"text.hidden_size": 64} and cfg.stage == "sft"
     (tmp_path / "run.toml").write_text('recipe = "sft"\n' + cfg.to_toml())
     assert load_config(str(tmp_path / "run.toml")) == cfg
-    with pytest.raises(KeyError, match="unknown config field 'optim.lrr'"):
+    with pytest.raises(ConfigError, match="unknown config field 'optim.lrr'; did you mean 'optim.lr'"):
         load_config("sft", ["optim.lrr=1"])
-    with pytest.raises(ValueError, match="steps: expected int"):
+    with pytest.raises(ConfigError, match='steps = "many": expected an integer'):
         load_config("sft", ["steps=many"])
-    with pytest.raises(KeyError, match="unknown recipe"):
+    with pytest.raises(ConfigError, match="unknown recipe 'nonsense'; recipes: pretrain, sft"):
         load_config("nonsense")
 
 
@@ -88,12 +94,72 @@ def test_killed_run_resumes_with_the_same_losses(world, tmp_path):
     assert resumed.returncode == 0, output
     assert "resumed from" in output
     expected, got = losses(tmp_path / "whole"), losses(tmp_path / "killed")
-    assert sorted(got) == list(range(1, 7))
+    assert steps_logged(tmp_path / "killed") == list(range(1, 7))  # one row a step: the killed run's extra dropped
     assert got == expected  # bit-exact, every step
     a = load_file(tmp_path / "whole" / "final" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert InternVL.from_pretrained(tmp_path / "killed" / "step-0000006").config.vision.image_size == 224
+
+
+def test_resume_keeps_one_metrics_row_a_step_and_says_what_it_found(world, tmp_path, caplog):
+    caplog.set_level("INFO", logger="nativevl.train")
+    out = tmp_path / "run"
+    first = train(config(world, out, steps=3))
+    assert "no checkpoint in" in caplog.text and steps_logged(out) == [1, 2, 3]
+    # killed after step 3 was logged, before its checkpoint: resumes at 2, step 3's row is trained again
+    shutil.rmtree(out / "step-0000003")
+    shutil.rmtree(out / "final")
+    caplog.clear()
+    train(config(world, out, steps=3))
+    assert f"resumed from {out / 'step-0000002'} (step 2)" in caplog.text
+    assert f"{out / 'metrics.jsonl'}: dropped 1 row past step 2" in caplog.text
+    assert steps_logged(out) == [1, 2, 3] and losses(out) == {r["step"]: r["loss"] for r in first}
+    # re-run on the finished run: nothing is trained or rewritten
+    stamp = (out / "final" / "model.safetensors").stat().st_mtime_ns
+    caplog.clear()
+    assert train(config(world, out, steps=3)) == []
+    assert f"{out}: already finished at step 3 (final/ exists); nothing to do" in caplog.text
+    assert (out / "final" / "model.safetensors").stat().st_mtime_ns == stamp and steps_logged(out) == [1, 2, 3]
+    # killed before its first checkpoint (only metrics rows left): starts fresh, the old rows dropped
+    for folder in [*out.glob("step-*"), out / "final"]:
+        shutil.rmtree(folder)
+    (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text() + '{"step": 4, "lo')  # half a line
+    caplog.clear()
+    train(config(world, out, steps=2))
+    assert f"no checkpoint in {out}, starting fresh" in caplog.text
+    assert "dropped 4 rows past step 0" in caplog.text
+    assert steps_logged(out) == [1, 2] and losses(out) == {r["step"]: r["loss"] for r in first[:2]}
+
+
+def test_resume_false_starts_afresh_without_the_earlier_checkpoints(world, tmp_path, caplog):
+    Trainer(config(world, tmp_path, steps=4)).run()
+    caplog.set_level("WARNING")
+    train(config(world, tmp_path, steps=2, resume=False))
+    assert "resume=false: removing 3 checkpoints of an earlier run" in caplog.text
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-0000002"] and steps_logged(tmp_path) == [1, 2]
+    assert Trainer(config(world, tmp_path, steps=4)).step == 2  # a later resume finds this run's checkpoint
+
+
+def test_the_missing_world_hint_is_a_command_that_trains(world, tmp_path, monkeypatch, capsys, caplog):
+    from nativevl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo_out").mkdir()
+    (tmp_path / "demo_out" / "world").symlink_to(world)  # as `make demo` leaves it
+    small = ["--set", "steps=1", "--set", "progress=false", "--set", "data.max_tokens=512",
+             "--set", "data.max_seq_length=512"]
+    with pytest.raises(SystemExit):
+        main(["train", "demo_pretrain", *small])
+    err = capsys.readouterr().err
+    hint = err.split("add ")[1].split(" (or")[0].split()
+    assert hint == ["--set", "data.meta=demo_out/world/meta_pretrain.json",
+                    "--set", "data.tokenizer=demo_out/world/tokenizer"], err
+    main(["train", "demo_pretrain", *small, *hint])
+    assert "trained demo_pretrain to step 1" in capsys.readouterr().out
+    caplog.set_level("INFO", logger="nativevl.train")
+    main(["train", "demo_pretrain", *small, *hint])
+    assert "runs/demo/pretrain: already finished at step 1" in caplog.text
 
 
 def test_the_saved_config_tiles_as_the_data_did(world, tmp_path):

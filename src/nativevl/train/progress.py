@@ -4,9 +4,33 @@ installed, and loss_curve.png at the end."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tqdm import tqdm
+
+
+def keep_metrics_until(metrics_file: Path, step: int) -> int:
+    """Drop the rows past `step` (and any half-written line) from a metrics.jsonl, so that a run resumed at `step`
+    (0: started afresh) leaves one row per step; returns how many were dropped."""
+    if not metrics_file.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in metrics_file.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            keep = int(row["step"]) <= step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line + "\n")
+        else:
+            dropped += bool(line.strip())
+    if dropped:
+        tmp = metrics_file.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, metrics_file)
+    return dropped
 
 
 class Progress:
@@ -58,7 +82,7 @@ def plot_loss(metrics_file: Path, png: Path, title: str | None = None) -> None:
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    by_step = {int(r["step"]): r["loss"] for r in rows}  # a resumed run rewrites the steps it repeats
+    by_step = {int(r["step"]): r["loss"] for r in rows}  # one row a step (older files: the last row wins)
     steps = sorted(by_step)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     ax.plot(steps, [by_step[s] for s in steps], linewidth=1.2)

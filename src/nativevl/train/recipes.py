@@ -11,16 +11,32 @@
   frozen LLM, projector warm-up, then the ViT unfrozen.
 - `demo_pretrain`, `demo_sft`, `demo_mpo`, `demo_prm`: the embedded world's tiny model, sized to train in
   minutes on a 2-core CPU.
+
+Each recipe's docstring is its line in `nativevl train --help` (`recipe_summaries`, `recipes_help`). This module
+imports the config module, never the other way: `load_config` (a recipe or TOML file plus overrides) lives here.
 """
 
 from __future__ import annotations
 
+import inspect
+import tomllib
 from collections.abc import Callable
+from pathlib import Path
 
-from nativevl.train.config import DataSpec, FreezeSpec, ModelSpec, OptimSpec, TrainConfig
+from nativevl.train.config import (
+    ConfigError,
+    DataSpec,
+    FreezeSpec,
+    ModelSpec,
+    OptimSpec,
+    TrainConfig,
+    apply_overrides,
+    did_you_mean,
+)
 
 
 def pretrain() -> TrainConfig:
+    """native multimodal pre-training: all trainable, text:multimodal 1:3, V2PE random, lr 4e-5."""
     return TrainConfig(
         name="pretrain",
         stage="pretrain",
@@ -32,6 +48,7 @@ def pretrain() -> TrainConfig:
 
 
 def sft() -> TrainConfig:
+    """supervised fine-tuning on conversations: square averaging, packing, V2PE random, lr 2e-5."""
     return TrainConfig(
         name="sft",
         stage="sft",
@@ -43,6 +60,7 @@ def sft() -> TrainConfig:
 
 
 def mpo() -> TrainConfig:
+    """mixed preference optimisation against a frozen reference (needs model.checkpoint), lr 2e-7."""
     return TrainConfig(
         name="mpo",
         stage="mpo",
@@ -54,6 +72,7 @@ def mpo() -> TrainConfig:
 
 
 def prm() -> TrainConfig:
+    """a process reward model: SFT on `nativevl prm-data` labels (prm/meta_prm.json), lr 1e-5."""
     cfg = sft()
     cfg.name, cfg.out = "prm", "runs/prm"
     # VisualPRM: the SFT loss on `+`/`-` turns (data from `nativevl prm-data`); its learning rate is not public
@@ -63,6 +82,7 @@ def prm() -> TrainConfig:
 
 
 def posthoc_warmup() -> TrainConfig:
+    """post-hoc baseline step 1: ViT and LLM frozen, projector warm-up, lr 2e-4."""
     cfg = pretrain()
     cfg.name, cfg.out = "posthoc_warmup", "runs/posthoc_warmup"
     cfg.data.text_ratio, cfg.data.v2pe = None, "off"
@@ -72,6 +92,7 @@ def posthoc_warmup() -> TrainConfig:
 
 
 def posthoc_vit() -> TrainConfig:
+    """post-hoc baseline step 2: LLM frozen, ViT and projector trained, lr 1e-5."""
     cfg = posthoc_warmup()
     cfg.name, cfg.out = "posthoc_vit", "runs/posthoc_vit"
     cfg.freeze = FreezeSpec(llm=True)
@@ -97,6 +118,7 @@ DEMO_MODEL = {
 
 
 def demo_pretrain() -> TrainConfig:
+    """the demo's toy model pre-trained on ./world (1500 steps, CPU)."""
     cfg = pretrain()
     # Held-out shape accuracy follows the pre-training length, not SFT's (one seed each, docs/training.md):
     # 480 + 440 steps gave 53%, 720 + 200 56.5-81%, 1500 + 440 95%, and 1500 + 200 95.2% on the demo's own world
@@ -117,6 +139,7 @@ def demo_pretrain() -> TrainConfig:
 
 
 def demo_sft() -> TrainConfig:
+    """the demo's SFT from runs/demo/pretrain/final on ./world (200 steps)."""
     cfg = demo_pretrain()
     cfg.name, cfg.stage, cfg.out, cfg.steps = "demo_sft", "sft", "runs/demo/sft", 200
     cfg.model = ModelSpec(checkpoint="runs/demo/pretrain/final")
@@ -126,6 +149,7 @@ def demo_sft() -> TrainConfig:
 
 
 def demo_mpo() -> TrainConfig:
+    """the demo's MPO from runs/demo/sft/final on ./world's pairs (40 steps)."""
     cfg = demo_sft()
     cfg.name, cfg.stage, cfg.out, cfg.steps = "demo_mpo", "mpo", "runs/demo/mpo", 40
     cfg.model = ModelSpec(checkpoint="runs/demo/sft/final")
@@ -136,6 +160,7 @@ def demo_mpo() -> TrainConfig:
 
 
 def demo_prm() -> TrainConfig:
+    """the demo's PRM from runs/demo/sft/final on prm/meta_prm.json (60 steps)."""
     cfg = demo_sft()
     cfg.name, cfg.out, cfg.steps = "demo_prm", "runs/demo/prm", 60
     cfg.model = ModelSpec(checkpoint="runs/demo/sft/final")
@@ -148,3 +173,72 @@ RECIPES: dict[str, Callable[[], TrainConfig]] = {
     f.__name__: f for f in (pretrain, sft, mpo, prm, posthoc_warmup, posthoc_vit, demo_pretrain, demo_sft,
                             demo_mpo, demo_prm)
 }
+
+
+def recipe_summaries() -> list[tuple[str, str]]:
+    """(name, one-line description) for every recipe, in `RECIPES` order."""
+    return [(name, (inspect.getdoc(f) or "").splitlines()[0].rstrip(".")) for name, f in RECIPES.items()]
+
+
+def recipes_help() -> str:
+    """The recipes as an argparse epilog (keep its line breaks: `formatter_class=RawDescriptionHelpFormatter`)."""
+    width = max(len(name) for name in RECIPES)
+    return "recipes:\n" + "\n".join(f"  {name:<{width}}  {line}" for name, line in recipe_summaries())
+
+
+def load_config(recipe_or_toml: str, sets: list[str] = ()) -> TrainConfig:
+    """A named recipe, or a TOML file whose optional `recipe = "…"` line names the recipe it starts from, with
+    `--set key=value` overrides; validated (config.validate) before anything is loaded."""
+    path = Path(recipe_or_toml)
+    toml_text = None
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such config file")
+        toml_text = path.read_text(encoding="utf-8")
+        try:
+            name = tomllib.loads(toml_text).get("recipe", "")
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        where = f"{path}: "
+    else:
+        name, where = recipe_or_toml, ""
+    if name and name not in RECIPES:
+        raise ConfigError(f"{where}unknown recipe {name!r}{did_you_mean(name, list(RECIPES)) or ';'} "
+                          f"recipes: {', '.join(RECIPES)} (or a .toml file)")
+    cfg = RECIPES[name]() if name else TrainConfig()
+    return apply_overrides(cfg, toml_text, list(sets), source=str(path))
+
+
+# --- where the recipes' inputs come from ----------------------------------------------------------------------
+
+# The relative paths the demo recipes read, where `make demo` (`nativevl demo`, out demo_out) writes the same
+# things, and how to make them here.
+DEMO_PLACES: tuple[tuple[str, str, str], ...] = (
+    ("world/", "demo_out/world/", "write ./world, where the demo recipes read their world, with "
+                                  "`nativevl world generate world`"),
+    ("runs/demo/", "demo_out/", "train it here first with `nativevl train {recipe}`"),
+    ("prm/", "demo_out/prm_data/", "label solutions into ./prm with `nativevl prm-data runs/demo/sft/final world prm`"),
+)
+
+
+def missing_inputs_hint(missing: dict[str, str]) -> str:
+    """For config keys whose paths do not exist ({"data.meta": "world/meta_pretrain.json", …}), where
+    `make demo` put the same things (when it did) and how to make them; "" for paths that are not the recipes'."""
+    sets, makes = [], []
+    for key, path in missing.items():
+        posix = Path(path).as_posix()
+        for prefix, demo, make in DEMO_PLACES:
+            if not posix.startswith(prefix):
+                continue
+            if Path(demo + posix[len(prefix):]).exists():
+                sets.append(f"--set {key}={demo + posix[len(prefix):]}")
+            recipe = next((n for n, f in RECIPES.items() if Path(f().out) == Path(posix).parent), None)
+            if "{recipe}" not in make or recipe:
+                line = make.format(recipe=recipe)
+                if line not in makes:
+                    makes.append(line)
+            break
+    if sets:
+        return f"`make demo` wrote them under demo_out: add {' '.join(sets)}" + \
+            (f" (or {'; '.join(makes)})" if makes else "")
+    return "; ".join(makes)

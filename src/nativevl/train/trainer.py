@@ -36,7 +36,7 @@ from nativevl.data.packing import PackedBatch
 from nativevl.model.internvl import IGNORE_INDEX, InternVL, Output
 from nativevl.tokenizer import IM_END, IM_START, load_tokenizer
 from nativevl.train import checkpoint as ckpt
-from nativevl.train.config import TrainConfig
+from nativevl.train.config import STAGES, TrainConfig, validate  # noqa: F401 - STAGES: its old home
 from nativevl.train.losses import (
     RunningMean,
     mpo_loss,
@@ -47,9 +47,6 @@ from nativevl.train.losses import (
 from nativevl.weights import SIDECAR_FILES, read_state, save_state
 
 log = logging.getLogger("nativevl.train")
-
-
-STAGES = ("pretrain", "sft", "mpo")
 
 
 class TrainingError(RuntimeError):
@@ -103,8 +100,45 @@ def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
     return param.ndim < 2 or name.endswith(("class_embedding", "position_embedding"))
 
 
+def check_inputs(cfg: TrainConfig) -> None:
+    """The paths the run reads exist, before any is opened: one message naming every missing one, and where
+    `make demo` put the demo recipes' inputs or how to make them."""
+    if not cfg.data.meta:
+        raise TrainingError("data.meta is not set: give the meta.json of the training data")
+    if not (cfg.data.tokenizer or cfg.model.checkpoint):
+        raise TrainingError("data.tokenizer is not set and there is no model.checkpoint to take it from")
+    if cfg.stage == "mpo" and not cfg.model.checkpoint:
+        raise TrainingError("stage mpo needs model.checkpoint: the policy and its reference start from it")
+    wanted = {"data.meta": (cfg.data.meta, Path.is_file, "file"),
+              "data.tokenizer": (cfg.data.tokenizer, Path.is_dir, "folder"),
+              "model.checkpoint": (cfg.model.checkpoint, Path.exists, "folder")}
+    missing = {key: (path, kind) for key, (path, exists, kind) in wanted.items() if path and not exists(Path(path))}
+    if missing:
+        from nativevl.train.recipes import missing_inputs_hint
+
+        hint = missing_inputs_hint({key: path for key, (path, _) in missing.items()})
+        raise TrainingError("; ".join(f"{key} = {path}: no such {kind}" for key, (path, kind) in missing.items())
+                            + (f". {hint[0].upper()}{hint[1:]}" if hint else ""))
+
+
+def finished_step(cfg: TrainConfig) -> int | None:
+    """The step of a run in `cfg.out` that is already finished (final/ written, its newest valid checkpoint at
+    `steps` or beyond), else None. Only verifies a checkpoint whose name says it would count."""
+    out = Path(cfg.out)
+    if not (cfg.resume and (out / "final").is_dir()):
+        return None
+    done = [p for p in ckpt.checkpoints(out) if int(p.name.split("-")[1]) >= cfg.steps]
+    if not done:
+        return None
+    folder = ckpt.latest_valid(out)
+    step = int(folder.name.split("-")[1]) if folder is not None else -1
+    return step if step >= cfg.steps else None
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
+        validate(cfg)  # a config built in Python (demo, ablations) is checked as load_config's is
+        check_inputs(cfg)
         self.cfg = cfg
         self.dist = Dist.from_env()
         self.out = Path(cfg.out)
@@ -114,10 +148,7 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        tokenizer_dir = cfg.data.tokenizer or cfg.model.checkpoint
-        if not tokenizer_dir:
-            raise TrainingError("data.tokenizer is not set and there is no model.checkpoint to take it from")
-        self.tokenizer_dir = Path(tokenizer_dir)
+        self.tokenizer_dir = Path(cfg.data.tokenizer or cfg.model.checkpoint)
         self.tokenizer = load_tokenizer(self.tokenizer_dir)
         self.model = self._build_model()
         self.data_cfg = DataConfig(
@@ -126,8 +157,6 @@ class Trainer:
             template=self.model.config.template or "internvl2_5", system_message=cfg.data.system_message,
             v2pe=cfg.data.v2pe, v2pe_delta=cfg.data.v2pe_delta, min_num_frame=cfg.data.min_num_frame,
             max_num_frame=cfg.data.max_num_frame)
-        if cfg.stage not in STAGES:
-            raise TrainingError(f"stage must be one of {STAGES}, got {cfg.stage!r}")
         self.stream_cfg = StreamConfig(seed=cfg.seed, text_ratio=cfg.data.text_ratio, max_tokens=cfg.data.max_tokens,
                                        max_tiles=cfg.data.max_tiles, pairs=cfg.stage == "mpo")
         self.reference = self._build_reference() if cfg.stage == "mpo" else None
@@ -168,10 +197,8 @@ class Trainer:
 
     def _build_model(self) -> InternVL:
         spec = self.cfg.model
-        if spec.checkpoint:
+        if spec.checkpoint:  # (validate refused model.overrides with a checkpoint)
             model = InternVL.from_pretrained(spec.checkpoint, dtype=torch.float32)
-            if spec.overrides:
-                raise TrainingError("model.overrides apply to presets only, not to a checkpoint")
         else:
             config = preset(spec.preset).replace(**spec.overrides)
             if spec.vocab_from_tokenizer:
@@ -337,12 +364,18 @@ class Trainer:
 
     def run(self) -> list[dict[str, float]]:
         """Train to `steps`, checkpointing as configured; returns this process's metrics."""
-        from nativevl.train.progress import Progress
+        from nativevl.train.progress import Progress, keep_metrics_until
 
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         if self.dist.main:
+            if not cfg.resume:
+                self._clear_earlier_run()
             (self.out / "config.toml").write_text(cfg.to_toml())
+            dropped = keep_metrics_until(self.out / "metrics.jsonl", self.step)
+            if dropped:
+                log.info("%s: dropped %d row%s past step %d, left by an earlier run (one row a step)",
+                         self.out / "metrics.jsonl", dropped, "" if dropped == 1 else "s", self.step)
         iters = [iter(loader) for loader in self.loaders]
         history: list[dict[str, float]] = []
         progress = Progress(self.out, cfg.steps, self.step, enabled=self.dist.main, bar=cfg.progress)
@@ -414,9 +447,21 @@ class Trainer:
             if (self.tokenizer_dir / name).is_file():
                 shutil.copy2(self.tokenizer_dir / name, folder / name)
 
+    def _clear_earlier_run(self) -> None:
+        """resume=false starts afresh in `out`: an earlier run's checkpoints would otherwise outlive this run's
+        (kept past `keep_last`, pruned in its place, or resumed from later)."""
+        earlier = ckpt.checkpoints(self.out) + [p for p in (self.out / "final",) if p.is_dir()]
+        if earlier:
+            log.warning("resume=false: removing %d checkpoint%s of an earlier run in %s (%s)", len(earlier),
+                        "" if len(earlier) == 1 else "s", self.out, ", ".join(p.name for p in earlier))
+            for folder in earlier:
+                shutil.rmtree(folder)
+
     def _resume(self) -> None:
         folder = ckpt.latest_valid(self.out)
         if folder is None:
+            if self.dist.main:
+                log.info("no checkpoint in %s, starting fresh", self.out)
             return
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -478,4 +523,12 @@ def _tuples(value: Any) -> Any:
 
 
 def train(cfg: TrainConfig) -> list[dict[str, float]]:
+    """Train `cfg`, resuming its run in `cfg.out`; a run already finished there is left as it is ([])."""
+    validate(cfg)
+    step = finished_step(cfg)
+    if step is not None:
+        if int(os.environ.get("RANK", "0")) == 0:
+            log.info("%s: already finished at step %d (final/ exists); nothing to do (raise steps to train on, or "
+                     "set resume=false or another out to train again)", cfg.out, step)
+        return []
     return Trainer(cfg).run()
