@@ -144,8 +144,13 @@ def test_bad_records_are_skipped_counted_and_named(world, tok, caplog):
         next(it)
     reasons = stream.skipped
     assert sum(reasons.values()) >= 4
-    assert any("no such file" in r for r in reasons) and any("placeholder" in r for r in reasons)
-    assert any("JSONDecodeError" in r for r in reasons) and any("no supervised tokens" in r for r in reasons)
+    assert {"unreadable image or video", "<image> count does not match the images", "not JSON",
+            "no supervised tokens"} <= set(reasons)  # counted by kind
+    first = stream.skip_examples  # each kind's first file:line and reason
+    assert first["unreadable image or video"].endswith("image.jsonl:11: " + str(world / "img" / "missing.png")
+                                                       + ": no such file")
+    assert "image.jsonl:12: 2 <image> placeholder(s) for 1 image(s)" in first["<image> count does not match the images"]
+    assert "image.jsonl:13: not JSON" in first["not JSON"] and "image.jsonl:14" in first["no supervised tokens"]
     assert "image.jsonl:11" in caplog.text and "image.jsonl:13" in caplog.text
 
 

@@ -5,14 +5,19 @@ each jsonl line is pure text, one image (`image`: str), several images (`image`:
 with `conversations` of `human` / `gpt` (and an optional first `system`) turns; preference lines (MMPR) hold
 `question`, `chosen`, `rejected` and optionally `image`.
 
-A record that cannot be used raises `SkipRecord`; callers count it and report its file and line. Image tokens
-are never cut by the length limit: such a record is skipped, not truncated.
+A record that cannot be used raises `SkipRecord` (its `kind` is what it is counted under, its message the details);
+callers count it and report its file and line. Image tokens are never cut by the length limit: such a record is
+skipped, not truncated. Image and video paths stay inside their dataset's `root` unless the meta entry sets
+`allow_outside_root`. A meta file or annotation that cannot be used is a ValueError naming the file and field,
+raised before any record is read.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +38,25 @@ JPEG_QUALITIES = tuple(range(75, 101))  # 75..100 inclusive, drawn uniformly per
 
 
 class SkipRecord(Exception):
-    """This record cannot become a training sample; the message says why."""
+    """This record cannot become a training sample; the message says why, `kind` is the reason it is counted
+    under (one of SKIP_KINDS)."""
+
+    def __init__(self, message: str, kind: str = "malformed record") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+SKIP_KINDS = (
+    "not UTF-8", "not JSON", "malformed record", "unreadable image or video", "path outside the dataset root",
+    "<image> count does not match the images", "image tokens past max_seq_length", "no supervised tokens",
+    "over the packing budget",
+)
+
+
+class UndecodableLine(str):
+    """A jsonl line that is not valid UTF-8 (its text decoded with replacement characters); `reason` says where."""
+
+    reason: str = ""
 
 
 @dataclass
@@ -47,6 +70,12 @@ class DatasetSpec:
     repeat_time: float = 1.0
     max_dynamic_patch: int | None = None
     weight: float | None = None  # sampling weight; None: the number of records (after repeat_time)
+    allow_outside_root: bool = False  # records may name absolute paths or paths with .. that leave `root`
+    meta: Path | None = None  # the meta.json it came from (for messages)
+
+    @property
+    def where(self) -> str:
+        return f"{self.meta}: dataset {self.name!r}" if self.meta else f"dataset {self.name!r}"
 
 
 @dataclass
@@ -65,6 +94,17 @@ class DataConfig:
     system_message: str | None = None  # None: the template's default (the original always inserts one)
     v2pe: str = "off"  # "off": integer positions; "fixed": v2pe_delta for every image; "random": per image
     v2pe_delta: float = 1.0
+
+    def __post_init__(self) -> None:
+        """Settings that would make every record fail are refused here, before any record is read."""
+        if self.v2pe not in ("off", "fixed", "random"):
+            raise ValueError(f"v2pe must be 'off', 'fixed' or 'random', got {self.v2pe!r}")
+        for name in ("max_seq_length", "max_dynamic_patch", "min_dynamic_patch", "image_size", "num_image_token",
+                     "min_num_frame", "max_num_frame"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive whole number, got {getattr(self, name)!r}")
+        if self.min_dynamic_patch > self.max_dynamic_patch or self.min_num_frame > self.max_num_frame:
+            raise ValueError("min_dynamic_patch / min_num_frame must not exceed max_dynamic_patch / max_num_frame")
 
 
 @dataclass
@@ -94,11 +134,12 @@ class Sample:
 
 
 def read_meta(path: str | Path) -> list[DatasetSpec]:
-    """Parse a meta.json; relative `root` / `annotation` paths are taken from the meta file's folder."""
+    """Parse a meta.json; relative `root` / `annotation` paths are taken from the meta file's folder. Every
+    problem is a ValueError naming the file, the dataset and the field."""
     path = Path(path)
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read meta file ({e})") from None
     if not isinstance(meta, dict) or not meta:
         raise ValueError(f"{path}: expected a JSON object of datasets")
@@ -107,22 +148,36 @@ def read_meta(path: str | Path) -> list[DatasetSpec]:
         where = f"{path}: dataset {name!r}"
         if not isinstance(entry, dict) or "annotation" not in entry:
             raise ValueError(f"{where}: needs at least an 'annotation' field")
+        for key in ("annotation", "root"):
+            if key in entry and not isinstance(entry[key], str):
+                raise ValueError(f"{where}: {key} must be a path (a string), got {entry[key]!r}")
         annotation = path.parent / entry["annotation"]
         if annotation.suffix != ".jsonl":
             raise ValueError(f"{where}: annotation must be a .jsonl file, got {annotation.name}")
-        if not annotation.is_file():
+        if not annotation.exists():
             raise ValueError(f"{where}: annotation {annotation} does not exist")
-        repeat = float(entry.get("repeat_time", 1))
-        if repeat <= 0 or (repeat > 1 and not repeat.is_integer()):
-            raise ValueError(f"{where}: repeat_time must be in (0, 1] or a whole number, got {repeat}")
+        if not annotation.is_file():
+            raise ValueError(f"{where}: annotation {annotation} is not a file")
+        repeat = entry.get("repeat_time", 1)
+        if isinstance(repeat, bool) or not isinstance(repeat, (int, float)) or not math.isfinite(repeat) \
+                or repeat <= 0 or (repeat > 1 and not float(repeat).is_integer()):
+            raise ValueError(f"{where}: repeat_time must be in (0, 1] or a whole number, got {repeat!r}")
+        max_patch = entry.get("max_dynamic_patch")
+        if max_patch is not None and (isinstance(max_patch, bool) or not isinstance(max_patch, int) or max_patch < 1):
+            raise ValueError(f"{where}: max_dynamic_patch must be a positive whole number, got {max_patch!r}")
+        for key in ("data_augment", "allow_outside_root"):
+            if not isinstance(entry.get(key, False), bool):
+                raise ValueError(f"{where}: {key} must be true or false, got {entry[key]!r}")
         specs.append(DatasetSpec(
             name=name,
             root=path.parent / entry.get("root", ""),
             annotation=annotation,
-            data_augment=bool(entry.get("data_augment", False)),
-            repeat_time=repeat,
-            max_dynamic_patch=entry.get("max_dynamic_patch"),
+            data_augment=entry.get("data_augment", False),
+            repeat_time=float(repeat),
+            max_dynamic_patch=max_patch,
             weight=_weight(entry.get("weight"), where),
+            allow_outside_root=entry.get("allow_outside_root", False),
+            meta=path,
         ))
     return specs
 
@@ -137,18 +192,46 @@ def _weight(value: Any, where: str) -> float | None:
 
 def read_lines(spec: DatasetSpec) -> list[tuple[int, str]]:
     """(1-based line number, text) of the annotation after repeat_time: r < 1 keeps the first int(n·r) lines,
-    r > 1 repeats the list r times (as the original)."""
-    lines = [(i + 1, line) for i, line in enumerate(spec.annotation.read_text(encoding="utf-8").splitlines())
-             if line.strip()]
+    r > 1 repeats the list r times (as the original). A file that cannot be read is a ValueError naming it; a
+    line that is not UTF-8 comes back as an `UndecodableLine` (the stream skips and counts it)."""
+    try:
+        data = spec.annotation.read_bytes()
+    except OSError as e:
+        raise ValueError(f"{spec.where}: cannot read annotation {spec.annotation} ({e})") from None
+    lines: list[tuple[int, str]] = []
+    for i, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").split(b"\n")):  # a UTF-8 BOM is no part of line 1
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            text = UndecodableLine(raw.decode("utf-8", errors="replace"))
+            text.reason = f"not UTF-8 (byte {raw[e.start]:#04x} at byte {e.start + 1} of the line)"
+        if text.strip():
+            lines.append((i + 1, text))
     if spec.repeat_time < 1:
         return lines[: int(len(lines) * spec.repeat_time)]
     return lines * int(spec.repeat_time)
 
 
+def parse_line(text: str) -> dict[str, Any]:
+    """One jsonl line -> its record, or SkipRecord (not UTF-8, not JSON, not a JSON object)."""
+    if isinstance(text, UndecodableLine):
+        raise SkipRecord(text.reason, "not UTF-8")
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SkipRecord(f"not JSON ({e})", "not JSON") from None
+    if not isinstance(record, dict):
+        raise SkipRecord(f"the line is a JSON {type(record).__name__}, not an object", "not JSON")
+    return record
+
+
 def is_text_only(spec: DatasetSpec, sample_lines: int = 20) -> bool:
-    """A dataset whose first records carry no image or video."""
+    """A dataset whose first records carry no image or video (lines that do not parse are passed over)."""
     for _, line in read_lines(spec)[:sample_lines]:
-        record = json.loads(line)
+        try:
+            record = parse_line(line)
+        except SkipRecord:
+            continue
         if "image" in record or "video" in record:
             return False
     return True
@@ -189,7 +272,8 @@ def preprocess(
             raise SkipRecord(f"unknown turn role {role!r} (expected human, gpt or a first system turn)")
     leftover = sum(t.get("value", "").count(IMAGE_PLACEHOLDER) for t in turns if t.get("from") == "human")
     if placed != len(image_token_counts) or leftover != placed:
-        raise SkipRecord(f"{leftover} <image> placeholder(s) for {len(image_token_counts)} image(s)")
+        raise SkipRecord(f"{leftover} <image> placeholder(s) for {len(image_token_counts)} image(s)",
+                         "<image> count does not match the images")
     prefix = len(tokenizer.encode(template.roles[1]))
     ids: list[int] = []
     labels: list[int] = []
@@ -242,11 +326,25 @@ def sample_frame_indices(num_frames: int, vlen: int, rng: random.Random) -> list
 # --- records -> samples ----------------------------------------------------------------------------------------
 
 
+def data_path(spec: DatasetSpec, relative: Any, field_name: str = "image") -> Path:
+    """`root / relative`, or SkipRecord if `relative` is not a path or leaves the root (absolute, or `..` past
+    it, judged on the text: symlinks inside the root are followed) and the dataset does not allow that."""
+    if not isinstance(relative, str) or not relative:
+        raise SkipRecord(f"{field_name} must be a non-empty path, got {relative!r}")
+    if not spec.allow_outside_root and (os.path.isabs(relative) or
+                                         os.path.normpath(relative).split(os.sep)[0] == os.pardir):
+        raise SkipRecord(f"{field_name} path {relative!r} leaves the dataset root {spec.root} (to allow that, set "
+                         f'"allow_outside_root": true in dataset {spec.name!r} of {spec.meta or "the meta file"})',
+                         "path outside the dataset root")
+    return spec.root / relative
+
+
 def _open(spec: DatasetSpec, relative: str) -> Image.Image:
+    path = data_path(spec, relative)
     try:
-        return open_image(spec.root / relative)
+        return open_image(path)
     except ImageError as e:
-        raise SkipRecord(str(e)) from None
+        raise SkipRecord(str(e), "unreadable image or video") from None
 
 
 def _positions(ids: list[int], tokenizer: InternVLTokenizer, num_images: int, cfg: DataConfig,
@@ -274,23 +372,28 @@ def _visuals(record: dict[str, Any], spec: DatasetSpec, cfg: DataConfig, rng: ra
             first["value"] = IMAGE_PLACEHOLDER + "\n" + first["value"]
         return conversations, [image_tiles(_open(spec, image), max_patch, cfg, spec.data_augment, rng)]
     if isinstance(image, list):
+        if not all(isinstance(p, str) for p in image):
+            raise SkipRecord(f"'image' must be a path or a list of paths, got {image!r}")
         per_image = max(1, max_patch // max(1, len(image)))
         return conversations, [image_tiles(_open(spec, p), per_image, cfg, spec.data_augment, rng) for p in image]
     video = record.get("video")
     if isinstance(video, str):
-        path = spec.root / video
+        path = data_path(spec, video, "video")
         try:
             vlen, _ = _frame_count(path)
             count = rng.randint(cfg.min_num_frame, cfg.max_num_frame)
             frames = read_frames(path, sample_frame_indices(count, vlen, rng))
         except VideoError as e:
-            raise SkipRecord(str(e)) from None
+            raise SkipRecord(str(e), "unreadable image or video") from None
         first = conversations[0]
         prefix = "\n".join(f"Frame-{i + 1}: {IMAGE_PLACEHOLDER}" for i in range(len(frames))) + "\n"
         value = first["value"]
         first["value"] = value.replace(VIDEO_PLACEHOLDER + "\n", prefix, 1) if VIDEO_PLACEHOLDER in value \
             else prefix + value
         return conversations, [image_tiles(f, 1, cfg, spec.data_augment, rng, thumbnail=False) for f in frames]
+    if image is not None or video is not None:
+        raise SkipRecord(f"'image' must be a path or a list of paths and 'video' a path, got "
+                         f"{image if image is not None else video!r}")
     return conversations, []
 
 
@@ -302,12 +405,15 @@ def build_sample(record: dict[str, Any], spec: DatasetSpec, tokenizer: InternVLT
     """One SFT / pre-training record -> a Sample, or SkipRecord."""
     if not isinstance(record.get("conversations"), list) or not record["conversations"]:
         raise SkipRecord("no 'conversations' list")
+    for k, turn in enumerate(record["conversations"]):
+        if not isinstance(turn, dict) or not isinstance(turn.get("from"), str) or not isinstance(turn.get("value"), str):
+            raise SkipRecord(f"conversations[{k}] is not a {{\"from\": ..., \"value\": text}} turn: {str(turn)[:80]!r}")
     conversations, images = _visuals(record, spec, cfg, rng)
     counts = [cfg.num_image_token * t.shape[0] for t in images]
     ids, labels = preprocess(conversations, tokenizer, counts, cfg)
     ids, labels = _fit(ids, labels, tokenizer, cfg)
     if all(label == IGNORE_INDEX for label in labels):
-        raise SkipRecord("no supervised tokens (no gpt answer)")
+        raise SkipRecord("no supervised tokens (no gpt answer, or the length limit cut it)", "no supervised tokens")
     if images:
         pixels, flags = torch.cat(images), torch.ones(sum(t.shape[0] for t in images), dtype=torch.long)
     else:  # the ViT stays in the graph through one white dummy tile, flagged 0 (spec §4.2)
@@ -331,7 +437,8 @@ def _fit(ids: list[int], labels: list[int], tokenizer: InternVLTokenizer, cfg: D
         return ids, labels
     image_ids = {tokenizer.img_context_id, tokenizer.token_to_id(IMG_START), tokenizer.token_to_id(IMG_END)}
     if any(t in image_ids for t in ids[cfg.max_seq_length:]):
-        raise SkipRecord(f"{len(ids)} tokens: max_seq_length {cfg.max_seq_length} would cut image tokens")
+        raise SkipRecord(f"{len(ids)} tokens: max_seq_length {cfg.max_seq_length} would cut image tokens",
+                         "image tokens past max_seq_length")
     return ids[: cfg.max_seq_length], labels[: cfg.max_seq_length]
 
 

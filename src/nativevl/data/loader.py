@@ -6,12 +6,14 @@ Draw g (0, 1, 2, …) picks a dataset (text-only with probability `text_ratio` w
 dataset sizes) and that dataset's next record in a per-pass shuffled order; draw g belongs to rank g % world and,
 within the rank, to worker (g // world) % workers. Every worker walks all draws (cheap: random numbers only)
 and builds its own, so the order depends only on (seed, rank, world, workers). A record that cannot be used is
-skipped and counted, and its file and line are logged.
+skipped and counted by kind; the first ones are logged with file, line and reason, then a summary at 2x, 4x, …
+as many skips (`skip_summary`: each kind's count and first file:line). A stream that can build nothing (every
+record skipped, `max_consecutive_skips` in a row or every record once) raises `DataError` instead of spinning, so
+no run trains on nothing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections import Counter
@@ -32,6 +34,7 @@ from nativevl.data.dataset import (
     build_sample,
     is_text_only,
     pair_sample,
+    parse_line,
     read_lines,
     read_meta,
 )
@@ -39,6 +42,34 @@ from nativevl.data.packing import Packer, collate
 from nativevl.tokenizer import InternVLTokenizer
 
 log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """The training data cannot give a sample; the message names the files and why."""
+
+
+def skip_summary(counts: dict[str, int], examples: dict[str, str]) -> str:
+    """'N records skipped: 3 × not JSON (first: a.jsonl:7: not JSON (…)); 1 × …', most frequent kind first."""
+    total = sum(counts.values())
+    if not total:
+        return "no records skipped"
+    parts = [f"{n} × {kind}" + (f" (first: {examples[kind]})" if kind in examples else "")
+             for kind, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+    return f"{total} record{'s' if total != 1 else ''} skipped: " + "; ".join(parts)
+
+
+class SkipCounts(dict):
+    """Skipped records by kind, a dict of counts (`batch.skipped`) that prints as `skip_summary`, naming each
+    kind's first file:line and reason."""
+
+    def __init__(self, counts: dict[str, int] | None = None, examples: dict[str, str] | None = None) -> None:
+        super().__init__(counts or {})
+        self.examples = dict(examples or {})
+
+    def __str__(self) -> str:
+        return skip_summary(self, self.examples)
+
+    __repr__ = __str__
 
 
 @dataclass
@@ -49,6 +80,7 @@ class StreamConfig:
     max_tiles: int = 48
     max_buffers: int = 4
     log_skips: int = 20  # how many skipped records to log by file and line (all are counted)
+    max_consecutive_skips: int = 1000  # this many skipped records in a row: DataError, not an endless search
     pairs: bool = False  # preference records (question, chosen, rejected): one two-segment sample per pair
 
 
@@ -61,9 +93,12 @@ class TrainStream(IterableDataset):
         self.tokenizer, self.data, self.cfg = tokenizer, data, cfg
         self.rank, self.world_size = rank, world_size
         self.lines = [read_lines(s) for s in self.specs]
-        empty = [s.name for s, lines in zip(self.specs, self.lines, strict=True) if not lines]
+        empty = [_empty(s) for s, lines in zip(self.specs, self.lines, strict=True) if not lines]
         if empty:
-            raise ValueError(f"datasets with no records: {', '.join(empty)}")
+            raise DataError("; ".join(empty))
+        self.total_records = sum(len(lines) for lines in self.lines)
+        self._streak: set[tuple[int, int]] = set()  # the records skipped since the last one built
+        self._streak_len = 0
         self.text_only = [is_text_only(s) for s in self.specs]
         self.weights = [s.weight if s.weight is not None else len(lines)
                         for s, lines in zip(self.specs, self.lines, strict=True)]
@@ -74,7 +109,8 @@ class TrainStream(IterableDataset):
         self.cursors = [0] * len(self.specs)
         self.pending: list[list[int]] = []  # draws in the packer's open buffers, to rebuild them on resume
         self.queued: list[list[int]] = []  # draws of rows made but not yet handed out
-        self.skipped: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()  # by kind (SKIP_KINDS)
+        self.skip_examples: dict[str, str] = {}  # kind -> "file:line: reason" of its first skip
         self.built = 0
 
     # --- the deterministic order ------------------------------------------------------------------------------
@@ -108,18 +144,42 @@ class TrainStream(IterableDataset):
         source = f"{spec.annotation}:{line_no}"
         rng = random.Random(f"{self.cfg.seed}:sample:{g}")
         try:
-            record = json.loads(text)
-            if not isinstance(record, dict):
-                raise SkipRecord("the line is not a JSON object")
+            record = parse_line(text)
             if self.cfg.pairs:
                 return pair_sample(*build_pair(record, spec, self.tokenizer, self.data, rng, source))
             return build_sample(record, spec, self.tokenizer, self.data, rng, source)
-        except (SkipRecord, json.JSONDecodeError, KeyError, TypeError) as e:
-            reason = str(e).split(" (")[0] if isinstance(e, SkipRecord) else f"{type(e).__name__}: {e}"
-            self.skipped[reason] += 1
-            if sum(self.skipped.values()) <= self.cfg.log_skips:
-                log.warning("skipped %s: %s", source, e)
-            return None
+        except SkipRecord as e:
+            self._skip(source, e.kind, str(e))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # a record of an odd shape
+            self._skip(source, "malformed record", f"{type(e).__name__}: {e}")
+        return None
+
+    def _skip(self, source: str, kind: str, reason: str) -> None:
+        """Count a skipped record; log it while few, then a summary each time the count doubles."""
+        self.skipped[kind] += 1
+        self.skip_examples.setdefault(kind, f"{source}: {reason}")
+        total, first = sum(self.skipped.values()), max(1, self.cfg.log_skips)
+        if total <= self.cfg.log_skips:
+            log.warning("skipped %s: %s", source, reason)
+        if total == first:
+            log.warning("%s; further skips are counted, with a summary at %d, %d, … skips", self.summary(),
+                        2 * first, 4 * first)
+        elif total > first and total % first == 0 and (total // first) & (total // first - 1) == 0:
+            log.warning("%s", self.summary())
+
+    def summary(self) -> str:
+        """The skips so far, by kind, with each kind's first file:line and reason."""
+        return skip_summary(self.skipped, self.skip_examples)
+
+    def _built_nothing(self, ds: int, index: int) -> None:
+        """One more record skipped in a row; DataError once it is hopeless (every record skipped once, or
+        max_consecutive_skips in a row)."""
+        self._streak.add((ds, index))
+        self._streak_len += 1
+        if len(self._streak) >= self.total_records or self._streak_len >= self.cfg.max_consecutive_skips:
+            where = ", ".join(sorted({str(s.meta or s.annotation) for s in self.specs}))
+            raise DataError(f"{where}: the last {self._streak_len} records read were all skipped, none gives a "
+                            f"sample to train on ({self.summary()})")
 
     # --- iteration --------------------------------------------------------------------------------------------
 
@@ -130,6 +190,7 @@ class TrainStream(IterableDataset):
 
     def __iter__(self):  # noqa: ANN204 - yields PackedBatch
         packer = Packer(self.cfg.max_tokens, self.cfg.max_tiles, self.cfg.max_buffers)
+        self._streak, self._streak_len = set(), 0
         draws: dict[int, int] = {}  # id(sample) -> its draw, for the samples held here
         rebuilt = self._rebuild({g for group in self.pending + self.queued for g in group})
         draws.update({id(sample): g for g, sample in rebuilt.items()})
@@ -141,20 +202,23 @@ class TrainStream(IterableDataset):
                 self.queued = [[draws[id(s)] for s in r] for r in queue]
                 self.pending = [[draws[id(s)] for s in b] for b in packer.buffers]
                 batch = collate(row, self.cfg.max_tokens)
-                batch.skipped = dict(self.skipped)
+                batch.skipped = SkipCounts(self.skipped, self.skip_examples)
                 yield batch  # the state now says exactly what is still to come
             draws = {id(s): draws[id(s)] for b in packer.buffers for s in b}
             g, ds, index = self._next_draw()
             if not self._mine(g):
                 continue
             sample = self._build(g, ds, index)
+            if sample is not None and not packer.fits(sample):
+                self._skip(sample.source, "over the packing budget",
+                           f"{sample.num_tokens} tokens / {sample.num_tiles} tiles exceed the packing budget of "
+                           f"{self.cfg.max_tokens} tokens / {self.cfg.max_tiles} tiles")
+                sample = None
             if sample is None:
+                self._built_nothing(ds, index)
                 continue
-            if not packer.fits(sample):
-                self.skipped["over the packing budget"] += 1
-                log.warning("skipped %s: %d tokens / %d tiles exceed the packing budget", sample.source,
-                            sample.num_tokens, sample.num_tiles)
-                continue
+            self._streak.clear()
+            self._streak_len = 0
             self.built += 1
             draws[id(sample)] = g
             queue = packer.add(sample)
@@ -177,13 +241,25 @@ class TrainStream(IterableDataset):
 
     def state_dict(self) -> dict[str, Any]:
         return {"draw": self.draw, "cursors": list(self.cursors), "pending": [list(p) for p in self.pending],
-                "queued": [list(q) for q in self.queued], "skipped": dict(self.skipped), "built": self.built}
+                "queued": [list(q) for q in self.queued], "skipped": dict(self.skipped),
+                "skip_examples": dict(self.skip_examples), "built": self.built}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.draw, self.cursors = state["draw"], list(state["cursors"])
         self.pending = [list(p) for p in state["pending"]]
         self.queued = [list(q) for q in state.get("queued", [])]
         self.skipped, self.built = Counter(state["skipped"]), state["built"]
+        self.skip_examples = dict(state.get("skip_examples", {}))
+
+
+def _empty(spec: DatasetSpec) -> str:
+    """Why a dataset has no records, naming its meta file, key and annotation."""
+    message = f"{spec.where}: annotation {spec.annotation} has no records"
+    if spec.repeat_time < 1:
+        lines = len(read_lines(DatasetSpec(spec.name, spec.root, spec.annotation)))
+        if lines:
+            message += f" left by repeat_time {spec.repeat_time:g} (int({lines} × {spec.repeat_time:g}) = 0)"
+    return message
 
 
 def _identity(batch: "PackedBatch") -> "PackedBatch":  # noqa: F821 - any object passes through
