@@ -1,0 +1,93 @@
+"""The benchmark runners, smoke-tested: every suite and every flag the docs show runs to its end on the tiny preset
+with one repeat (nothing is timed or compared here; docs/benchmarks.md holds the figures). A documented command
+whose flag no run below exercises fails `test_every_documented_flag_is_exercised`, so the docs and this file
+move together."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--preset", "tiny", "--repeats", "1", "--steps", "1"]
+
+# (module or script, arguments): each is run once below
+RUNS: dict[str, tuple[str, list[str]]] = {
+    "every suite": ("benchmarks", ["roofline", "decode", "ttft", "attention", "preprocess", "train", "trainstep",
+                                   *SMALL, "--dtypes", "float32,bfloat16", "--batches", "1,2", "--tiles", "1,2",
+                                   "--train-steps", "1", "--seq", "600", "--train-tiles", "1", "--device", "cpu"]),
+    "bf16 with --compile": ("benchmarks", ["decode", "ttft", *SMALL, "--dtypes", "bfloat16", "--batches", "1",
+                                           "--tiles", "1", "--ttft-dtype", "bfloat16", "--compile"]),
+    "loss memory": ("benchmarks.loss_memory", ["--tokens", "192", "--chunk", "64", "--device", "cpu"]),
+    "server": ("benchmarks/serve.py", ["--preset", "tiny", "--clients", "2", "--requests", "2", "--max-tokens", "2",
+                                       "--repeats", "1", "--serve-flags=--prepack"]),
+    "CUDA paths on the CPU": ("benchmarks.gpu_check", ["cpu"]),
+}
+HEADINGS = {"every suite": ["read bandwidth", "## Time to first token", "## Decode", "## One attention layer",
+                            "## Image preprocessing", "## Training, packed vs padded", "## One training step"],
+            "bf16 with --compile": ["## Time to first token", "nativevl --compile", "nativevl --prepack --compile"],
+            "loss memory": ["| whole logits | 192 |", "| chunks of 64 | 192 |"],
+            "server": ["| one at a time |", "| 2 concurrent clients |"],
+            "CUDA paths on the CPU": ["all CUDA checks passed"]}
+
+
+def command(target: str, args: list[str], out: Path | None = None) -> list[str]:
+    base = [sys.executable, target] if target.endswith(".py") else [sys.executable, "-m", target]
+    return base + args + (["--out", str(out)] if out is not None else [])
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_documented_runner_runs_on_the_tiny_preset(name, tmp_path):
+    target, args = RUNS[name]
+    out = tmp_path / "report.md" if target == "benchmarks" else None
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command(target, args, out), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    for heading in HEADINGS[name]:
+        assert heading in done.stdout, f"{heading!r} missing from:\n{done.stdout[-3000:]}"
+    if out is not None:
+        report = out.read_text()
+        assert "| nativevl" in report and report.rstrip().endswith("s)"), report[-2000:]
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """(target, arguments) of every benchmark command in docs/benchmarks.md and the README, backticked or in a
+    code block."""
+    found = []
+    for doc in (ROOT / "docs" / "benchmarks.md", ROOT / "README.md"):
+        for line in doc.read_text().splitlines():
+            for m in re.finditer(r"python3? (-m (benchmarks(?:\.\w+)?)|(benchmarks/\w+\.py))((?: [^`#|]*)?)", line):
+                words = shlex.split(m.group(4).strip()) if m.group(4) else []
+                found.append((m.group(2) or m.group(3), words))
+    return found
+
+
+def flags(args: list[str]) -> set[str]:
+    """The options named (`--x` or `--x=v`) and, for the main runner, the suites, as `suite:NAME`."""
+    from benchmarks.__main__ import SUITES
+
+    named = {a.split("=")[0] for a in args if a.startswith("--")}
+    return named | {f"suite:{a}" for a in args if a in SUITES}
+
+
+def test_every_documented_flag_is_exercised():
+    exercised: dict[str, set[str]] = {}
+    for target, args in RUNS.values():
+        exercised.setdefault(target, set()).update(flags(args) | {"--out", "--help"})
+    commands = documented_commands()
+    assert len(commands) >= 10, commands  # the parser above still finds the docs' commands
+    for target, args in commands:
+        wanted = flags(args)
+        if "--device" in wanted and "cuda" in args:
+            wanted.discard("--device")  # CUDA runs: benchmarks/gpu.sh on the device; the CPU runs the same flags
+        missing = wanted - exercised.get(target, set())
+        assert not missing, f"`python {target} {' '.join(args)}` (docs) uses {sorted(missing)}, which no run tests"
