@@ -55,7 +55,7 @@ def test_best_of_n_prints_the_best_and_every_candidates_score(folder):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["{tmp}/nowhere", "hi"], "no config.json"),
+        (["{tmp}/nowhere", "hi"], "nowhere: no such checkpoint folder"),
         (["{ckpt}", "--image", "{ckpt}/config.json", "hi"], "not a readable image"),
         (["{ckpt}", "--image", "{ckpt}/photo.png", "<image> <image> two?"], "2 <image> placeholder(s) but 1 image"),
         (["{ckpt}", "--image", "{ckpt}/missing.png", "hi"], "missing.png: no such file"),

@@ -53,3 +53,21 @@ def test_best_of_n_adds_a_majority_vote_row_from_the_same_samples(world, tmp_pat
     assert n > 0 and groups.count("reasoning vote@2") == n and set(saved["accuracy"]) == set(groups)
     no_prm = run(str(checkpoint), "--world", str(folder), "--best-of", "2")
     assert no_prm.returncode == 2 and "--best-of needs --prm" in no_prm.stderr
+
+
+def test_limit_takes_the_first_questions_of_each_held_out_dataset_and_groups_ignore_case(world, tmp_path):
+    """--limit N: the first N records of every held-out dataset (one per task family and split), as its help
+    says; --groups in any case."""
+    from nativevl.data.dataset import read_lines, read_meta
+    from nativevl.eval.world import group_of, task_of
+
+    folder, checkpoint = world
+    expected = sum(group_of(task_of(json.loads(line))) == "colour"
+                   for spec in read_meta(folder / "meta_eval.json") if spec.name.endswith(("_val", "_test"))
+                   for _, line in read_lines(spec)[:2])
+    out = tmp_path / "limit.json"
+    done = run(str(checkpoint), "--world", str(folder), "--groups", "Colour", "--limit", "2", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert expected >= 2 and json.loads(out.read_text())["accuracy"]["colour"]["n"] == expected
+    unknown = run(str(checkpoint), "--world", str(folder), "--groups", "colr")
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "did you mean 'colour'" in unknown.stderr

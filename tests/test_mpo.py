@@ -129,7 +129,7 @@ def start(tmp_path_factory):
 
 
 def mpo_config(world, checkpoint, out, **extra):
-    from nativevl.train.config import load_config
+    from nativevl.train.recipes import load_config
 
     values = {"stage": "mpo", "steps": 2, "out": str(out), "progress": False, "precision": "fp32",
               "model.checkpoint": str(checkpoint), "data.meta": str(world / "meta_mpo.json"),

@@ -48,7 +48,7 @@ def test_bad_records_are_named_by_file_and_line(tmp_path, line, message):
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
-    with pytest.raises(DatasetError, match="no .jsonl files"):
+    with pytest.raises(DatasetError, match="nothing.jsonl: no such file or folder"):
         read_vqa(tmp_path / "nothing.jsonl")
 
 

@@ -176,7 +176,7 @@ def test_convert_cli(tiny, tmp_path):
     assert {t.dtype for t in load_file(tmp_path / "dst/model.safetensors").values()} == {torch.bfloat16}
     bad = subprocess.run([*run, str(tmp_path / "nowhere"), str(tmp_path / "x"), "--layout", "original"],
                          capture_output=True, text=True)
-    assert bad.returncode == 2 and "no config.json" in bad.stderr
+    assert bad.returncode == 2 and "nowhere: no such checkpoint folder" in bad.stderr
 
 
 MEMORY_PROBE = """

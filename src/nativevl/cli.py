@@ -5,7 +5,7 @@
   nativevl chat MODEL --image P --best-of 8 --prm PRM_MODEL PROMPT
   nativevl convert SRC DST --layout transformers [--dtype bfloat16] [--max-shard-size 5GB]
   nativevl demo [--out DIR] [--no-align]
-  nativevl eval MODEL (--mmmu DIR | --vqa PATH | --world WORLD_DIR) [--best-of N --prm PRM] [--out F]
+  nativevl eval MODEL (--mmmu DIR [--scoring mmmu] | --vqa PATH | --world WORLD_DIR) [--best-of N --prm PRM] [--out F]
   nativevl world generate OUT [--seed 0] [--scale 1.0]
   nativevl prm-data POLICY WORLD_DIR OUT [--questions 64] [--samples 4] [--k 16]
   nativevl serve MODEL [--host 127.0.0.1] [--port 8000] [--max-batch 16] [--allowed-local-media-path DIR]
@@ -17,16 +17,21 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
+
+from nativevl.eval.mmmu_scoring import DEFAULT_SCORING, SCORINGS
+from nativevl.train.recipes import recipes_help
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from nativevl.weights import convert, read_config
+    from nativevl.weights import convert, parse_size, read_config
 
+    parse_size(args.max_shard_size)  # a bad size stops before the weights are read
     _, layout = read_config(args.src)
     t0 = time.perf_counter()
     model = convert(args.src, args.dst, args.layout, DTYPES.get(args.dtype), args.max_shard_size)
@@ -55,9 +60,14 @@ def best_of(pipe, args: argparse.Namespace) -> None:  # noqa: ANN001 - a Pipelin
     print(f"# majority vote: {vote!r}", file=sys.stderr)
 
 
+CHAT_HELP = "/reset forgets the conversation, /help shows this, /quit, Ctrl-D or Ctrl-C ends the session"
+
+
 def cmd_chat(args: argparse.Namespace) -> None:
     from nativevl.infer.chat import Pipeline, stream_chat
 
+    if args.prm and not args.best_of:
+        raise ValueError("--prm scores Best-of-N candidates: give --best-of N too (e.g. --best-of 8)")
     pipe = Pipeline(args.model, dtype=DTYPES.get(args.dtype), device=args.device, max_num=args.max_num,
                     v2pe_delta=args.v2pe_delta, compile=args.compile, prepack=args.prepack)
     if args.system is not None:
@@ -85,30 +95,35 @@ def cmd_chat(args: argparse.Namespace) -> None:
     if args.prompt is not None:
         answer(args.prompt)
         return
-    print("nativevl chat: type a question; /reset forgets the conversation, /quit or Ctrl-D ends it.",
-          file=sys.stderr)
+    print(f"nativevl chat: type a question; {CHAT_HELP}", file=sys.stderr)
     while True:
         try:
             line = input("user> ").strip()
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C at the prompt ends the session
             print(file=sys.stderr)
             return
         if line in ("/quit", "/exit"):
             return
-        if line == "/reset":
+        if line == "/help":
+            print(CHAT_HELP, file=sys.stderr)
+        elif line == "/reset":
             history.clear()
-            continue
-        if line:
+            print("(conversation forgotten; the images stay attached)", file=sys.stderr)
+        elif line.startswith("/") and " " not in line:
+            print(f"unknown command {line}; {CHAT_HELP}", file=sys.stderr)
+        elif line:
             try:
                 answer(line)
             except ValueError as e:  # a bad turn does not end the session
                 print(f"error: {e}", file=sys.stderr)
+            except KeyboardInterrupt:  # Ctrl-C during an answer stops it; the turn is not kept
+                print("\n(answer interrupted)", file=sys.stderr)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     import logging
 
-    from nativevl.train.config import load_config
+    from nativevl.train.recipes import load_config
     from nativevl.train.trainer import TrainingError, train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -139,6 +154,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     if sum(map(bool, (args.mmmu, args.vqa, args.world))) != 1:
         raise ValueError("give one of --mmmu DIR, --vqa FILE_OR_DIR or --world WORLD_DIR")
+    if args.scoring != DEFAULT_SCORING and not args.mmmu:
+        raise ValueError("--scoring chooses the MMMU metric: it goes with --mmmu DIR")
+    if args.groups and not args.world:
+        raise ValueError("--groups picks the world's question types: it goes with --world WORLD_DIR")
+    if args.world:
+        from nativevl.eval.world import check_groups
+
+        groups = check_groups(tuple(args.groups.split(","))) if args.groups else None  # before the model loads
     if args.best_of > 1 and not args.prm:
         raise ValueError("--best-of needs --prm PRM_MODEL")
     from nativevl.infer.chat import Pipeline
@@ -151,7 +174,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from nativevl.eval.world import evaluate_world, format_table
 
         world = Path(args.world)
-        groups = tuple(args.groups.split(",")) if args.groups else None
         table = evaluate_world(pipe.model, world / "meta_eval.json", world / "meta_sft.json", limit=args.limit,
                                groups=groups, prm=prm, best_of=args.best_of, tokenizer=pipe.tokenizer,
                                progress=True, rows=rows, batch_size=args.batch_size)
@@ -164,14 +186,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
                                    args.best_of, progress=True, batch_size=args.batch_size)
         print_table(table)
     else:
-        from nativevl.eval.mmmu import evaluate_mmmu, read_questions
+        from nativevl.eval.mmmu import describe_scoring, evaluate_mmmu, read_questions
 
         questions = read_questions(args.mmmu)[: args.limit]
         table, rows = evaluate_mmmu(pipe.model, pipe.tokenizer, questions, args.max_num, args.max_new_tokens, prm,
-                                    args.best_of, progress=True, batch_size=args.batch_size)
+                                    args.best_of, progress=True, batch_size=args.batch_size, scoring=args.scoring)
+        print(f"scoring: {describe_scoring(args.scoring)}")
         print_table(table, "subject")
     if args.out:
-        Path(args.out).write_text(json.dumps({"accuracy": table, "results": rows}, indent=2, default=str))
+        report = {"accuracy": table, "results": rows}
+        if args.mmmu:
+            report = {"scoring": args.scoring, **report}
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str))
         print(f"results -> {args.out}")
 
 
@@ -235,6 +261,7 @@ def _speed_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nativevl", description="InternVL3 in plain PyTorch.")
+    parser.add_argument("--version", action="version", version=f"nativevl {version('nativevl')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("chat", help="answer questions about images or a video with a checkpoint folder",
@@ -268,22 +295,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("eval", help="score a checkpoint on local MMMU-layout or VQA files, or the embedded world",
-                       description="MMMU: InternVL's prompt, answer reading and the official scoring; a table per "
-                       "subject (instance-weighted overall). VQA: exact match after normalisation, a table per category. "
-                       "World: accuracy per question type vs a most-frequent-answer baseline.")
+                       description="MMMU: InternVL's prompt, then one of three metrics (--scoring; the report names "
+                       "it), a table per subject (instance-weighted overall). VQA: exact match after normalisation, a "
+                       "table per category. World: accuracy per question type vs a most-frequent-answer baseline.")
     p.add_argument("model", help="checkpoint folder with its tokenizer files")
     p.add_argument("--mmmu", metavar="DIR", help="folder of MMMU-layout .jsonl files (image_1..image_7 paths)")
     p.add_argument("--vqa", metavar="PATH", help="exact-match VQA: a .jsonl file or folder of them (question, "
                    "answer or list of answers, optional image path(s) and category)")
     p.add_argument("--world", metavar="DIR", help="an embedded world folder: its held-out val and test splits")
-    p.add_argument("--groups", help="world: only these question types, comma-separated (e.g. reasoning)")
+    p.add_argument("--scoring", choices=SCORINGS, default=DEFAULT_SCORING,
+                   help=f"MMMU metric (default {DEFAULT_SCORING}: the benchmark's own code): mmmu, vlmevalkit "
+                   "(its exact matching; no judge model) or internvl (InternVL's eval script); docs/evaluation.md")
+    p.add_argument("--groups", help="world: only these question types, comma-separated (e.g. colour,reasoning)")
     p.add_argument("--max-num", type=int, default=6, help="most tiles per image (default 6, as the original)")
     p.add_argument("--max-new-tokens", type=int, default=10, help="answer length (default 10, as the original)")
     p.add_argument("--best-of", type=int, default=1, help="Best-of-N with --prm instead of greedy answers")
     p.add_argument("--prm", metavar="PATH", help="process reward model for --best-of")
     p.add_argument("--prm-aggregation", choices=["mean", "min", "last"], default="mean",
                    help="how step scores make a solution's score (default mean)")
-    p.add_argument("--limit", type=int, help="only the first N questions (per world split)")
+    p.add_argument("--limit", type=int, help="only the first N questions (MMMU, VQA; world: of each of its held-out "
+                   "datasets, one per task family and split)")
     p.add_argument("--batch-size", type=int, default=16, help="greedy questions decoded together (default 16; 1 "
                    "answers one at a time, as the original scripts)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
@@ -291,16 +322,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="write the table and every reply as JSON")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("convert", help="rewrite a checkpoint in the original or the transformers layout")
+    p = sub.add_parser("convert", help="rewrite a checkpoint in the original or the transformers layout",
+                       description="Reads either layout (one file or sharded safetensors), writes the other (or the "
+                       "same) with its config.json and tokenizer files; docs/checkpoints.md lists the key names.")
     p.add_argument("src", help="checkpoint folder (either layout, single file or sharded safetensors)")
     p.add_argument("dst", help="output folder")
-    p.add_argument("--layout", choices=["original", "transformers"], required=True)
+    p.add_argument("--layout", choices=["original", "transformers"], required=True,
+                   help="original: OpenGVLab's InternVL3 folders; transformers: the -hf folders transformers loads")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="cast floating tensors (default: keep)")
-    p.add_argument("--max-shard-size", default="5GB", help="shard past this size (default 5GB)")
+    p.add_argument("--max-shard-size", default="5GB",
+                   help="shard past this size, with a unit: 5GB, 500MB, 1048576B (default 5GB)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("train", help="train a recipe (pretrain, sft, demo_pretrain, …) or a TOML config",
-                       description="Runs under torchrun too (FSDP2 across the processes).")
+                       description="Runs under torchrun too (FSDP2 across the processes). A killed run resumes "
+                       "from its last checkpoint in its out folder; docs/training.md.",
+                       epilog=recipes_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", help="a recipe name or a .toml file (whose `recipe = \"…\"` names its base)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any field, e.g. --set steps=200 --set optim.lr=1e-4; repeatable")
@@ -329,7 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_prm_data)
 
-    p = sub.add_parser("demo", help="the whole recipe on the embedded world: pre-train, SFT, evaluate (CPU)")
+    p = sub.add_parser("demo", help="the whole recipe on the embedded world: pre-train, SFT, evaluate, MPO, PRM, "
+                       "Best-of-N (CPU)", description="Generates the embedded world, natively pre-trains a toy "
+                       "InternVL3-architecture model on it, fine-tunes and evaluates it, then aligns it with MPO, "
+                       "trains a process reward model and compares greedy, majority vote and Best-of-N; about 15 "
+                       "minutes on a 2-core CPU. Everything lands in --out.")
     p.add_argument("--out", default="demo_out", help="world, checkpoints, curves and results (default demo_out)")
     p.add_argument("--pretrain-steps", type=int, help="override the recipe's pre-training steps")
     p.add_argument("--sft-steps", type=int, help="override the recipe's SFT steps")
@@ -358,8 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "local paths and remote URLs only where the flags below allow them.")
     p.add_argument("model", help="checkpoint folder with its tokenizer files")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model-name", help="the model id clients send (default: the folder's name)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--model-name", help="the model id clients send (default: the folder's name; for a run's "
+                   "final/step-N folder, the run's name: demo_out/sft/final -> sft)")
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
     p.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024, help="request size limit (default 32 MiB)")
     p.add_argument("--max-images", type=int, default=8, help="images per request (default 8)")
@@ -372,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let image_url name files under DIR (default: no local files)")
     p.add_argument("--allow-remote-images", action="store_true", help="let image_url be http(s) (default: off)")
     p.add_argument("--graceful-timeout", type=float, default=30.0,
-                   help="seconds in-flight requests get to finish at shutdown before they are cancelled")
+                   help="seconds in-flight requests get to finish at shutdown before they are cancelled "
+                   "(default 30)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
     p.add_argument("--device", help="cpu, cuda, … (default cpu)")
     p.add_argument("--v2pe-delta", type=float, help="V2PE position step of visual tokens (default: integer)")
@@ -393,7 +436,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"nativevl {args.command}: error: {e}", file=sys.stderr)
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) would quote it
+        print(f"nativevl {args.command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

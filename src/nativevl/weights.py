@@ -429,6 +429,11 @@ def config_to_dict(cfg: ModelConfig, layout: str, dtype: str = "float32") -> dic
 def read_config(path: str | Path) -> tuple[ModelConfig, str]:
     folder = Path(path)
     file = folder / "config.json"
+    if not folder.exists():
+        raise CheckpointError(f"{folder}: no such checkpoint folder")
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: a checkpoint is a folder (config.json, *.safetensors, tokenizer files), "
+                              "not a file")
     if not file.is_file():
         raise CheckpointError(f"{folder}: no config.json (is this a checkpoint folder?)")
     try:
@@ -603,11 +608,13 @@ def own_state_dict(model: InternVL) -> dict[str, torch.Tensor]:
 
 
 def parse_size(size: str | int) -> int:
+    """A size with its unit (5GB, 500MB, 1.5GiB, 1048576B; K/M/G are powers of 1024) in bytes; an int is bytes.
+    A bare number is refused: `--max-shard-size 5` meant 5 bytes (115 shards) where 5GB was meant."""
     if isinstance(size, int):
         return size
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)B?\s*", size.upper())
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)(?:I?B)\s*", size.upper())
     if not m:
-        raise ValueError(f"cannot read size {size!r} (examples: 5GB, 500MB, 1048576)")
+        raise ValueError(f"cannot read size {size!r}: give a number with its unit, e.g. 5GB, 500MB or 1048576B")
     return int(float(m.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[m.group(2)])
 
 

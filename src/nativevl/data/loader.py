@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,10 @@ from nativevl.data.dataset import (
 )
 from nativevl.data.packing import Packer, collate
 from nativevl.tokenizer import InternVLTokenizer
+
+# torchdata 0.11 calls torch.set_vital, which torch 2.13 deprecates, once per loader: nothing a user can act on
+# (the demo printed it four times)
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,13 @@ def jsonl_records(path: str | Path) -> Iterator[tuple[Path, str, dict[str, Any]]
     """(file, "file:line", record) for every non-blank line of a `.jsonl` file or of every `.jsonl` file under a
     folder; a line that is not a JSON object stops with its file and line."""
     path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file or folder")
     files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
-    if not files or not files[0].is_file():
-        raise DatasetError(f"{path}: no .jsonl files")
+    if not files:
+        raise DatasetError(f"{path}: a folder with no .jsonl files")
+    if not files[0].is_file():
+        raise DatasetError(f"{path}: not a file")
     for file in files:
         for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():

@@ -56,6 +56,21 @@ def group_of(task: str) -> str:
     return next((g for g, tasks in GROUPS.items() if task in tasks), "other")
 
 
+def check_groups(groups: tuple[str, ...]) -> tuple[str, ...]:
+    """The question-type groups as written (any case, spaces trimmed), or a ValueError naming the unknown ones,
+    the closest known name and the whole list."""
+    import difflib
+
+    wanted = tuple(g.strip().lower() for g in groups if g.strip())
+    unknown = [g for g in wanted if g not in GROUPS]
+    if unknown or not wanted:
+        close = difflib.get_close_matches(unknown[0], GROUPS, n=1) if unknown else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown question type(s) {', '.join(map(repr, unknown)) or '(none given)'}{hint} "
+                         f"groups: {', '.join(GROUPS)}")
+    return wanted
+
+
 def majority_answers(meta_sft: str | Path) -> dict[str, str]:
     """The most frequent gold answer per question type in the training conversations."""
     counts: dict[str, Counter[str]] = defaultdict(Counter)
@@ -75,12 +90,14 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path | list[Da
                    tokenizer: InternVLTokenizer | None = None, progress: bool = False, seed: int = 0,
                    rows: list[dict[str, Any]] | None = None, batch_size: int = 16,
                    v2pe_delta: float | None = None) -> dict[str, dict[str, float]]:
-    """{group: {"n", "accuracy", "baseline"}} over the held-out records of `splits` (only `groups` if given) of
-    `meta_eval` (a meta file, or some of its datasets). Greedy, or Best-of-`best_of` with `prm`, which adds a
+    """{group: {"n", "accuracy", "baseline"}} over the held-out records of `splits` (only `groups` if given,
+    names from GROUPS in any case) of `meta_eval` (a meta file, or some of its datasets), the first `limit`
+    records of each dataset if given (the world writes one dataset per task family and split). Greedy, or Best-of-`best_of` with `prm`, which adds a
     `GROUP vote@N` row: the majority final answer of the same samples; greedy replies are decoded `batch_size` at
     a time, with V2PE positions when `v2pe_delta` is given. `model` is a checkpoint folder or a loaded model with
     its `tokenizer`. Given a `rows` list, one dict per reply is appended to it (id, row of the table, reply, gold
     answer, correct; with Best-of-N also every candidate: response, PRM score, sampling order, correct)."""
+    groups = check_groups(groups) if groups is not None else None
     if not isinstance(model, InternVL):
         tokenizer = load_tokenizer(model)
         model = InternVL.from_pretrained(model).eval()
@@ -92,6 +109,9 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path | list[Da
     records = [(spec, json.loads(line)) for spec in specs
                if spec.name.endswith(tuple(f"_{s}" for s in splits)) for _, line in read_lines(spec)[:limit]]
     records = [(spec, r) for spec, r in records if groups is None or group_of(task_of(r)) in groups]
+    if not records:
+        raise ValueError(f"{meta_eval if isinstance(meta_eval, (str, Path)) else 'meta_eval'}: no held-out "
+                         f"questions of the splits {', '.join(splits)}" + (f" in {', '.join(groups)}" if groups else ""))
     if best_of > 1 and prm is None:
         raise ValueError("Best-of-N needs a process reward model")
     if best_of > 1 and v2pe_delta is not None:
@@ -152,7 +172,7 @@ def _order(name: str) -> tuple[int, str]:
 
 
 def format_table(results: dict[str, dict[str, float]], title: str = "question type") -> str:
-    width = max(14, *(len(name) for name in results))
+    width = max([14, *(len(name) for name in results)])
     lines = [f"{title:<{width}} {'n':>4} {'accuracy':>9} {'baseline':>9}"]
     for name, r in results.items():
         lines.append(f"{name:<{width}} {r['n']:>4} {100 * r['accuracy']:>8.1f}% {100 * r['baseline']:>8.1f}%")

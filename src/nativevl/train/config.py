@@ -379,14 +379,6 @@ def apply_overrides(cfg: TrainConfig, toml_text: str | None = None, sets: list[s
     return validate(cfg)
 
 
-def load_config(recipe_or_toml: str, sets: list[str] = ()) -> TrainConfig:
-    """Moved to `nativevl.train.recipes.load_config` (recipes import this module, not the other way); this
-    forwarder stays until its last callers import it from there."""
-    from nativevl.train.recipes import load_config as load
-
-    return load(recipe_or_toml, sets)
-
-
 def dumps_toml(data: dict[str, Any], prefix: str = "") -> str:
     """A small TOML writer for the config (scalars, lists, None as a comment-free omission)."""
     lines, tables = [], []
