@@ -255,7 +255,8 @@ def _speed_options(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the language model: faster decoding after a compilation of a minute or two")
     p.add_argument("--prepack", action="store_true",
                    help="CPU, float32 or bf16: multiply with oneDNN-packed weights, q/k/v and gate/up as one "
-                   "product, decode steps on nativevl's AVX2/AVX-512 few-row kernel (2.3-4.5x faster decoding; "
+                   "product, decode steps on nativevl's AVX2/AVX-512 few-row kernel (decoding 2.5-4.1x "
+                   "transformers' speed on a 2-core AVX-512 BF16 CPU, docs/benchmarks.md; "
                    "copies of the weights in memory), bf16 prompts' attention on its AVX-512 BF16 kernel")
 
 
