@@ -24,7 +24,7 @@ from reference import make_tokenizer
 from nativevl.data.dataset import DataConfig, read_meta
 from nativevl.data.loader import DataError, SkipCounts, StreamConfig, TrainStream, make_loader
 from nativevl.tokenizer import load_tokenizer
-from nativevl.train.config import load_config
+from nativevl.train.recipes import load_config
 from nativevl.train.trainer import Trainer, TrainingError
 
 CFG = DataConfig(max_seq_length=4096, max_dynamic_patch=2, image_size=224, num_image_token=16)
