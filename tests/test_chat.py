@@ -14,6 +14,7 @@ from nativevl.data.image import load_image
 from nativevl.infer.chat import Pipeline, batch_chat, build_query, chat
 from nativevl.infer.generate import generate
 from nativevl.tokenizer import load_tokenizer
+from nativevl.weights import check_device
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +146,67 @@ def test_tiles_follow_the_vits_image_size(tmp_path, image_file):
     _, pixels, patches = pipe.prepare("What?", images=[image_file])
     assert pixels.shape[-1] == 224 and pipe.model.num_image_token == 64
     assert isinstance(pipe("What?", images=[image_file], max_new_tokens=3), str)
+
+
+def test_tiles_of_another_size_are_refused_naming_both(pipe, image_file):
+    """The model card's `load_image(img, max_num=12)` gives 448-px tiles; a model whose ViT takes 112 px (the
+    demo's) refuses them in one line before the ViT runs, and `input_size=model` gives tiles it answers on."""
+    torch.manual_seed(0)
+    model = InternVL.from_config(preset("tiny").replace(**{"vision.image_size": 112})).eval()
+    tok = pipe.tokenizer
+    tiles = load_image(image_file, max_num=12)
+    vit_ran = model.vision_model.register_forward_pre_hook(lambda *_: pytest.fail("the ViT ran on the wrong tiles"))
+    message = "pixel_values are 448x448 tiles, but this model's vision tower takes 112x112: .*input_size=model"
+    with pytest.raises(ValueError, match=message):
+        model.chat(tok, tiles, "What is it?", {"max_new_tokens": 3})
+    with pytest.raises(ValueError, match=message):
+        batch_chat(model, tok, tiles, ["What is it?"], {"max_new_tokens": 3})
+    with pytest.raises(ValueError, match=message):  # the plain forward too, not "208 <IMG_CONTEXT> tokens but ..."
+        ids = torch.tensor([[1] + [5] * (model.num_image_token * tiles.shape[0]) + [2]])
+        model(ids, pixel_values=tiles)
+    with pytest.raises(ValueError, match=r"pixel_values must be \(tiles, 3, 112, 112\), got shape \(3, 112, 112\)"):
+        model.chat(tok, torch.zeros(3, 112, 112), "What is it?")
+    vit_ran.remove()
+    fitted = load_image(image_file, input_size=model, max_num=12)
+    assert fitted.shape[1:] == (3, 112, 112) and fitted.shape[0] == tiles.shape[0]
+    assert isinstance(model.chat(tok, fitted, "What is it?", {"max_new_tokens": 3}), str)
+
+
+def _missing_device() -> str:
+    """A CUDA device this machine does not have: cuda where there is none, else one past the last GPU."""
+    return f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+
+
+def test_check_device_refuses_unknown_and_absent_devices():
+    assert check_device(None) == torch.device("cpu")
+    assert check_device("cpu") == check_device(" CPU ") == check_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device 'gpu' is not a device: use cpu, cuda, cuda:N .*mps or xpu"):
+        check_device("gpu")
+    with pytest.raises(ValueError, match="is not a device"):
+        check_device("cuda:x")
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match=f"this machine has {torch.cuda.device_count()} CUDA device"):
+            check_device(_missing_device())
+    else:
+        with pytest.raises(ValueError) as refused:
+            check_device("cuda")
+        expected = f"device 'cuda': this machine has no CUDA device (torch {torch.__version__}); use cpu"
+        assert str(refused.value) == expected
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ValueError, match="no MPS"):
+            check_device("mps")
+    # usable as an argparse type=: argparse shows the message, not "invalid check_device value"
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="p", exit_on_error=False)
+    parser.add_argument("--device", type=check_device)
+    with pytest.raises(argparse.ArgumentError, match="'gpu' is not a device"):
+        parser.parse_args(["--device", "gpu"])
+    assert parser.parse_args(["--device", "cpu"]).device == torch.device("cpu")
+
+
+def test_pipeline_refuses_a_device_this_machine_lacks(folder):
+    with pytest.raises(ValueError, match=f"device '{_missing_device()}': this machine has"):
+        Pipeline(folder, device=_missing_device())
+    with pytest.raises(ValueError, match="'gpu' is not a device"):
+        InternVL.from_pretrained(folder, device="gpu")  # not safetensors' "device gpu is invalid"

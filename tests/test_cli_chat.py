@@ -68,6 +68,19 @@ def test_errors_are_one_readable_line(folder, tmp_path, args, message):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("device, message", [
+    ("cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}", "this machine has"),
+    ("gpu", "'gpu' is not a device: use cpu, cuda"),
+])
+def test_a_device_this_machine_cannot_use_is_one_line(folder, device, message):
+    """Not a pin_memory or SafetensorError traceback: one line, before anything is loaded."""
+    done = run(str(folder), "--device", device, "hi")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nativevl chat: error:") and message in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_help_documents_every_flag():
     text = subprocess.run([*CHAT, "--help"], capture_output=True, text=True).stdout
     for flag in ("--image", "--video", "--num-segments", "--max-num", "--dtype", "--device", "--max-new-tokens",

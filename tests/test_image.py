@@ -152,3 +152,20 @@ def test_bad_files_are_clear_errors_naming_the_file(tmp_path):
         load_image(big, max_pixels=1_000_000)
     with pytest.raises(ImageError, match="0x5"):
         load_image(Image.new("RGB", (0, 5)))
+
+
+def test_input_size_can_be_the_model_or_its_config():
+    """`load_image(path, input_size=model)` tiles at the model's ViT size (anything with
+    .config.vision.image_size, or a config with .vision.image_size); nothing else but an int is taken."""
+    from types import SimpleNamespace
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (90, 160, 3), dtype=np.uint8))
+    config = SimpleNamespace(vision=SimpleNamespace(image_size=112))
+    by_int = load_image(image, input_size=112, max_num=4)
+    assert by_int.shape[-2:] == (112, 112)
+    assert torch.equal(load_image(image, input_size=SimpleNamespace(config=config), max_num=4), by_int)
+    assert torch.equal(load_image(image, input_size=config, max_num=4), by_int)
+    with pytest.raises(TypeError, match="tile size in pixels or a model"):
+        load_image(image, input_size="448")
+    with pytest.raises(ValueError, match="at least 1 pixel"):
+        load_image(image, input_size=0)

@@ -2,7 +2,8 @@
 
 An image is resized to a grid of `cols x rows` 448-px tiles whose aspect is closest to the image's, cut
 row-major, and, when there is more than one tile, followed by a 448 x 448 thumbnail of the whole image. Each
-tile is scaled to [0, 1] and normalised with the ImageNet mean and std.
+tile is scaled to [0, 1] and normalised with the ImageNet mean and std. 448 is the released models' ViT size;
+`load_image(path, input_size=model)` tiles at any model's own size.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,16 +169,39 @@ def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         raise ImageError(f"{name}: truncated or corrupt image data ({e})") from None
 
 
+def tile_size(input_size: Any) -> int:
+    """The tile side in pixels: `input_size` itself, or the ViT's size of a model (anything with
+    `.config.vision.image_size`, such as an `InternVL`) or of its config (`.vision.image_size`)."""
+    if isinstance(input_size, int) and not isinstance(input_size, bool):
+        size = input_size
+    else:
+        vision = getattr(getattr(input_size, "config", input_size), "vision", None)
+        size = getattr(vision, "image_size", None)
+        if not isinstance(size, int):
+            raise TypeError(f"input_size must be the tile size in pixels or a model (anything with "
+                            f".config.vision.image_size), got {type(input_size).__name__}")
+    if size < 1:
+        raise ValueError(f"input_size must be at least 1 pixel, got {size}")
+    return size
+
+
 def load_image(
     image_or_path: ImageSource,
-    input_size: int = 448,
+    input_size: int | Any = 448,
     max_num: int = 12,
     min_num: int = 1,
     use_thumbnail: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:
-    """The tiles of one image, (n, 3, input_size, input_size) float32, as the original `load_image`."""
+    """The tiles of one image, (n, 3, S, S) float32, as the original `load_image`.
+
+    input_size: the tile side S in pixels (448, the released InternVL3 models' ViT size), or the model the tiles
+    are for (or its config), whose `config.vision.image_size` is then taken: `load_image(path, input_size=model)`
+    always fits `model.chat`; a model with another ViT size (the demo's toy model takes 112 px) refuses 448-px
+    tiles with a ValueError naming both sizes.
+    """
+    size = tile_size(input_size)
     if not 1 <= min_num <= max_num:
         raise ValueError(f"need 1 <= min_num <= max_num, got min_num={min_num}, max_num={max_num}")
     image = open_image(image_or_path, max_pixels)
-    return normalize(dynamic_preprocess(image, min_num, max_num, input_size, use_thumbnail), input_size)
+    return normalize(dynamic_preprocess(image, min_num, max_num, size, use_thumbnail), size)

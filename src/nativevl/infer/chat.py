@@ -29,6 +29,7 @@ from nativevl.infer.generate import GenerationConfig, generate, generate_steps
 from nativevl.model.layers import prepack_linears
 from nativevl.model.internvl import InternVL
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
+from nativevl.weights import check_device
 
 History = list[tuple[str, str]]
 
@@ -100,6 +101,8 @@ def _single_turn(
 ) -> tuple[GenerationConfig, str, torch.Tensor, torch.Tensor | None]:
     """(settings, question as stored in history, prompt ids (1, L), pixel values), on the model's device."""
     _check_tokenizer(model, tokenizer)
+    if pixel_values is not None:
+        model.check_pixel_values(pixel_values)  # 448-px tiles on a 112-px model: said so, before anything runs
     cfg = _generation_config(model, tokenizer, generation_config)
     question, query = build_query(model, question, pixel_values, history, num_patches_list)
     ids = torch.tensor([tokenizer.prompt_ids(query)], device=_device(model))
@@ -206,6 +209,8 @@ def batch_chat(
     With `prefixes`, answer k starts with `prefixes[k]` (already written, not returned): how Monte-Carlo step
     labels continue a partial solution."""
     _check_tokenizer(model, tokenizer)
+    if pixel_values is not None:
+        model.check_pixel_values(pixel_values)
     cfg = _generation_config(model, tokenizer, generation_config)
     if num_patches_list is None:
         num_patches_list = [0] * len(questions) if pixel_values is None else [pixel_values.shape[0]]
@@ -289,6 +294,7 @@ class Pipeline:
         compile: bool = False,
         prepack: bool = False,
     ) -> None:
+        device = check_device(device)  # 'gpu', or cuda on a machine without one: one line before anything loads
         self.model = speed_up(InternVL.from_pretrained(path, dtype=dtype, device=device).eval(), prepack, compile)
         self.tokenizer = load_tokenizer(path)
         _check_tokenizer(self.model, self.tokenizer)

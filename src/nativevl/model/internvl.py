@@ -120,6 +120,20 @@ class InternVL(nn.Module):
     def num_image_token(self) -> int:
         return self.config.num_image_token
 
+    def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        """Refuse, with one line naming both sizes, tiles that are not the ViT's size: another size gives another
+        number of features per tile than the prompt's `num_image_token` placeholders (448-px tiles on a 112-px
+        model: 16x as many), which otherwise surfaces as a count mismatch after the ViT has run."""
+        size = self.config.vision.image_size
+        if pixel_values.ndim != 4:
+            raise ValueError(f"pixel_values must be (tiles, 3, {size}, {size}), got shape "
+                             f"{tuple(pixel_values.shape)}")
+        h, w = pixel_values.shape[-2:]
+        if (h, w) != (size, size):
+            raise ValueError(f"pixel_values are {h}x{w} tiles, but this model's vision tower takes {size}x{size}: "
+                             "tile with load_image(image, input_size=model) (or input_size="
+                             f"{size}), or use Pipeline, which tiles at the model's size")
+
     def vision_hidden_states(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The ViT hidden state picked by `select_layer` (-1: the last layer's output), CLS included."""
         layers = self.config.vision.num_hidden_layers
@@ -159,6 +173,7 @@ class InternVL(nn.Module):
         embeds = self.language_model.model.embed_tokens(input_ids)
         if pixel_values is None:
             return embeds  # a generated <IMG_CONTEXT> token is embedded as text, as transformers does
+        self.check_pixel_values(pixel_values)  # before the ViT: a wrong tile size is named as such
         selected = input_ids == self.config.img_context_token_id
         features = self.extract_feature(pixel_values)
         if feature_index is not None:

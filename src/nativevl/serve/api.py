@@ -47,6 +47,7 @@ from nativevl.infer.generate import GenerationConfig
 from nativevl.model.internvl import InternVL
 from nativevl.serve.engine import Engine, Event, Sequence
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
+from nativevl.weights import check_device
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,8 @@ class Server:
 
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
-        self.model = speed_up(InternVL.from_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device).eval(),
+        device = check_device(cfg.device)  # one line for 'gpu' or a device this machine lacks, before loading
+        self.model = speed_up(InternVL.from_pretrained(cfg.model, dtype=cfg.dtype, device=device).eval(),
                               cfg.prepack, cfg.compile)
         self.tokenizer: InternVLTokenizer = load_tokenizer(cfg.model)
         _check_tokenizer(self.model, self.tokenizer)
