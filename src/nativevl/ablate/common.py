@@ -46,7 +46,9 @@ class Context:
     _world_checked: bool = False
 
     def steps(self, n: int) -> int:
-        return max(2, round(n * self.steps_scale))
+        # at least 3: the post-hoc arm splits its pre-training steps into three stages of >= 1 (a stage of 0
+        # steps is refused by the config's validation)
+        return max(3, round(n * self.steps_scale))
 
     def seed_dir(self, seed: int) -> Path:
         return self.work / self.name / f"seed{seed}"
