@@ -93,7 +93,7 @@ def machine(device: str = "cpu") -> str:
 def build_ours(preset_name: str, dtype: torch.dtype, device: str = "cpu", seed: int = 0):  # noqa: ANN201
     """A model of the preset's shape with random weights (InternVL's own initialisation), in `dtype`."""
     from nativevl.config import preset
-    from nativevl.model.internvl import InternVL
+    from nativevl import InternVL
 
     torch.manual_seed(seed)
     return InternVL.from_config(preset(preset_name), dtype=dtype, device=device).eval()

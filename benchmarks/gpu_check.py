@@ -20,7 +20,7 @@ import tempfile
 import torch
 
 from nativevl.config import preset
-from nativevl.model.internvl import InternVL
+from nativevl import InternVL
 
 
 def tiny(device: str, dtype: torch.dtype) -> InternVL:

@@ -21,7 +21,7 @@ import torch
 
 def step(tokens: int, chunk: int, device: str) -> dict[str, float]:
     from nativevl.config import preset
-    from nativevl.model.internvl import InternVL
+    from nativevl import InternVL
 
     torch.manual_seed(0)
     config = preset("internvl3-1b").replace(**{"text.num_hidden_layers": 2, "vision.num_hidden_layers": 1})

@@ -32,7 +32,7 @@ import torch
 def build(folder: Path, preset_name: str) -> None:
     from nativevl.config import preset
     from nativevl.data.world import generate_world
-    from nativevl.model.internvl import InternVL
+    from nativevl import InternVL
     from nativevl.tokenizer import load_tokenizer
     from nativevl.weights import SIDECAR_FILES
 

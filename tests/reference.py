@@ -162,7 +162,7 @@ def world_checkpoint(root, seed: int = 0):
     """A small embedded world under root/world and a tiny random model with its tokenizer under root/start."""
     from nativevl.config import preset
     from nativevl.data.world import generate_world
-    from nativevl.model.internvl import InternVL
+    from nativevl import InternVL
     from nativevl.tokenizer import load_tokenizer
     from nativevl.weights import SIDECAR_FILES
 

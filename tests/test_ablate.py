@@ -21,7 +21,7 @@ from nativevl.ablate.v2pe import delta_for, span
 from nativevl.data.dataset import DataConfig, build_sample, read_meta
 from nativevl.data.world import generate_world
 from nativevl.eval.perplexity import text_perplexity
-from nativevl.model.internvl import InternVL
+from nativevl import InternVL
 from nativevl.tokenizer import load_tokenizer
 from nativevl.train.recipes import demo_pretrain
 

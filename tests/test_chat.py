@@ -9,12 +9,13 @@ from PIL import Image
 from reference import make_tokenizer, tiny_checkpoint
 
 from nativevl import InternVL, preset
+from nativevl.api import Pipeline
 from nativevl.conversation import INTERNVL2_5_SYSTEM
 from nativevl.data.image import load_image
-from nativevl.infer.chat import Pipeline, batch_chat, build_query, chat
+from nativevl.device import check_device
+from nativevl.infer.chat import batch_chat, build_query, chat
 from nativevl.infer.generate import generate
 from nativevl.tokenizer import load_tokenizer
-from nativevl.weights import check_device
 
 
 @pytest.fixture(scope="module")

@@ -234,7 +234,8 @@ def test_nativevl_eval_on_a_local_mmmu_folder(tmp_path):
 
     from reference import tiny_checkpoint
 
-    from nativevl.infer.chat import Pipeline, chat
+    from nativevl.api import Pipeline
+    from nativevl.infer.chat import chat
 
     folder = tiny_checkpoint(tmp_path / "ckpt")
     data = tmp_path / "mmmu"

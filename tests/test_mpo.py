@@ -13,14 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nativevl.model.internvl import IGNORE_INDEX
-from nativevl.train.losses import (
-    RunningMean,
-    bco_pair_loss,
-    dpo_sigmoid_loss,
-    mpo_loss,
-    sequence_logps,
-)
+from nativevl.config import IGNORE_INDEX
+from nativevl.train.losses import RunningMean, bco_pair_loss, dpo_sigmoid_loss, mpo_loss, sequence_logps
 
 
 def log_sigmoid(x: float) -> float:
@@ -143,7 +137,7 @@ def mpo_config(world, checkpoint, out, **extra):
 def test_a_pair_is_one_sample_whose_tiles_are_encoded_once(start):
     from nativevl.data.dataset import DataConfig, build_pair, pair_sample, read_lines, read_meta
     from nativevl.data.packing import collate
-    from nativevl.model.internvl import InternVL
+    from nativevl import InternVL
     from nativevl.tokenizer import load_tokenizer
 
     world, checkpoint = start
@@ -174,7 +168,7 @@ def test_the_first_mpo_step_is_1_2_ln2_plus_the_chosen_nll(start, tmp_path):
     0.8 ln 2 + 0.2 · 2 ln 2 + the token-mean cross-entropy of the chosen answers, computed here one by one."""
     import torch.nn.functional as F
 
-    from nativevl.model.internvl import InternVL
+    from nativevl import InternVL
     from nativevl.train.trainer import Trainer
 
     world, checkpoint = start

@@ -20,7 +20,7 @@ from nativevl.infer.prm import (
     prm_turns,
     split_steps,
 )
-from nativevl.model.internvl import InternVL
+from nativevl import InternVL
 from nativevl.tokenizer import load_tokenizer
 
 

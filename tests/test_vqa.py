@@ -55,7 +55,8 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_nativevl_eval_vqa_scores_the_models_own_replies(tmp_path):
     from reference import tiny_checkpoint
 
-    from nativevl.infer.chat import Pipeline, chat
+    from nativevl.api import Pipeline
+    from nativevl.infer.chat import chat
 
     folder = tiny_checkpoint(tmp_path / "ckpt")
     data = tmp_path / "vqa"

@@ -64,7 +64,8 @@ CHAT_HELP = "/reset forgets the conversation, /help shows this, /quit, Ctrl-D or
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
-    from nativevl.infer.chat import Pipeline, stream_chat
+    from nativevl.api import Pipeline
+    from nativevl.infer.chat import stream_chat
 
     if args.prm and not args.best_of:
         raise ValueError("--prm scores Best-of-N candidates: give --best-of N too (e.g. --best-of 8)")
@@ -164,7 +165,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         groups = check_groups(tuple(args.groups.split(","))) if args.groups else None  # before the model loads
     if args.best_of > 1 and not args.prm:
         raise ValueError("--best-of needs --prm PRM_MODEL")
-    from nativevl.infer.chat import Pipeline
+    from nativevl.api import Pipeline
     from nativevl.infer.prm import ProcessRewardModel
 
     pipe = Pipeline(args.model, dtype=DTYPES.get(args.dtype), device=args.device)

@@ -48,6 +48,10 @@ class VisionConfig:
 # - InternLM2ForCausalLM: no biases; the original 9B folder stores InternLM3-8B's weights this way (one
 #   interleaved `wqkv` per layer, `wo`, `w1/w2/w3`, `tok_embeddings`, `output`);
 # - LlamaForCausalLM: no biases, explicit head size: InternLM3 as transformers (and the -hf layout) write it.
+# The label value the loss skips (PyTorch's cross_entropy default; the original's IGNORE_TOKEN_ID): the data
+# pipeline writes it, the model's loss reads it.
+IGNORE_INDEX = -100
+
 ARCHITECTURES = ("Qwen2ForCausalLM", "InternLM2ForCausalLM", "LlamaForCausalLM")
 
 

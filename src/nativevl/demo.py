@@ -24,11 +24,11 @@ from pathlib import Path
 from nativevl.data.world import generate_world
 from nativevl.eval.world import evaluate_world, format_table
 from nativevl.infer.prm import ProcessRewardModel
-from nativevl.model.internvl import InternVL
 from nativevl.tokenizer import load_tokenizer
 from nativevl.train.prm_data import build_prm_data
-from nativevl.train.recipes import demo_mpo, demo_prm, demo_pretrain, demo_sft
+from nativevl.train.recipes import demo_mpo, demo_pretrain, demo_prm, demo_sft
 from nativevl.train.trainer import train
+from nativevl.weights import load_model
 
 
 def _stage(cfg, out: Path, world: Path, steps: int | None, start: Path | None = None,  # noqa: ANN001, ANN202
@@ -67,7 +67,7 @@ def _align(out: Path, world: Path, sft: Path, best_of: int, questions: int, step
     only = {"groups": ("reasoning",), "limit": limit}
     rows = {"SFT greedy": evaluate_world(sft, meta_eval, meta_sft, **only)["reasoning"],
             "MPO greedy": evaluate_world(out / "mpo" / "final", meta_eval, meta_sft, **only)["reasoning"]}
-    policy = InternVL.from_pretrained(out / "mpo" / "final").eval()
+    policy = load_model(out / "mpo" / "final").eval()
     scored = evaluate_world(policy, meta_eval, meta_sft, best_of=best_of, tokenizer=load_tokenizer(sft),
                             prm=ProcessRewardModel(str(out / "prm" / "final")), **only)
     rows[f"MPO majority of {best_of}"] = scored[f"reasoning vote@{best_of}"]

@@ -29,11 +29,11 @@ from nativevl.ablate.policy import describe, sft_policy
 from nativevl.data.world import file_digest
 from nativevl.eval.world import evaluate_world, final_answer, normalize
 from nativevl.infer.prm import ProcessRewardModel, majority_vote
-from nativevl.model.internvl import InternVL
 from nativevl.tokenizer import load_tokenizer
 from nativevl.train.config import ModelSpec
 from nativevl.train.prm_data import build_prm_data
 from nativevl.train.recipes import demo_prm
+from nativevl.weights import load_model
 
 NS = (1, 2, 4, 8, 16)
 PRM_QUESTIONS = 32
@@ -88,7 +88,7 @@ def run(ctx: Context) -> dict[str, Any]:
         cfg.model = ModelSpec(checkpoint=str(policy_dir))
         cfg.data.meta, cfg.data.tokenizer = str(labels / "meta_prm.json"), str(world / "tokenizer")
         metrics = stage(cfg, out / "prm", ctx.progress)
-        policy, tokenizer = InternVL.from_pretrained(policy_dir).eval(), load_tokenizer(policy_dir)
+        policy, tokenizer = load_model(policy_dir).eval(), load_tokenizer(policy_dir)
         common = {"groups": ("reasoning",), "limit": ctx.eval_limit, "tokenizer": tokenizer}
         greedy = evaluate_world(policy, world / "meta_eval.json", world / "meta_sft.json", **common)["reasoning"]
         rows: list[dict[str, Any]] = []

@@ -33,10 +33,11 @@ from nativevl.data.v2pe import V2PE_DELTAS, v2pe_positions_row
 from nativevl.data.world import COLOURS, LONG_EVAL_PICTURES, LONG_TRAIN_PICTURES
 from nativevl.eval.world import evaluate_world
 from nativevl.infer.chat import question_ids
-from nativevl.model.internvl import InternVL
+from nativevl.model.internvl import InternVLModel
 from nativevl.tokenizer import load_tokenizer
 from nativevl.train.config import ModelSpec
 from nativevl.train.recipes import demo_pretrain
+from nativevl.weights import load_model
 
 BASE_STEPS = 400
 ARM_STEPS = 400
@@ -72,7 +73,7 @@ def span(ids: list[int], img_context_id: int, delta: float) -> float:
     return v2pe_positions_row(ids, img_context_id, delta)[-1] + 1
 
 
-def prompts(model: InternVL, tokenizer: Any, specs: list[Any]) -> list[list[int]]:
+def prompts(model: InternVLModel, tokenizer: Any, specs: list[Any]) -> list[list[int]]:
     """The prompt ids of every record of `specs`, as the evaluation decodes them (one tile per picture)."""
     out = []
     for spec in specs:
@@ -104,7 +105,7 @@ def run(ctx: Context) -> dict[str, Any]:
             metrics = stage(_cfg(world, seed, ctx.steps(ARM_STEPS), arm_meta, mode, delta, out / "base" / "final"),
                             out / name, ctx.progress)
             final = out / name / "final"
-            model, tokenizer = InternVL.from_pretrained(final).eval(), load_tokenizer(final)
+            model, tokenizer = load_model(final).eval(), load_tokenizer(final)
             img = model.config.img_context_token_id
             train_length = max(span(p, img, 1.0) for p in prompts(model, tokenizer, _specs(long_eval, "1x")))
             evals: dict[str, Any] = {}

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nativevl.config import IGNORE_INDEX
 from nativevl.conversation import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, get_template
 from nativevl.data.image import ImageError, dynamic_preprocess, normalize, open_image
 from nativevl.data.v2pe import V2PE_DELTAS, v2pe_positions_row
 from nativevl.data.video import VideoError, _frame_count, read_frames
-from nativevl.model.internvl import IGNORE_INDEX
 from nativevl.tokenizer import IMG_END, IMG_START, InternVLTokenizer
 
 JPEG_QUALITIES = tuple(range(75, 101))  # 75..100 inclusive, drawn uniformly per tile

@@ -15,18 +15,19 @@ from pathlib import Path
 import torch
 
 from nativevl.data.dataset import DataConfig, DatasetSpec, SkipRecord, build_sample, read_lines, read_meta
-from nativevl.model.internvl import InternVL
+from nativevl.model.internvl import InternVLModel
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
+from nativevl.weights import load_model
 
 
 @torch.inference_mode()
-def text_perplexity(model: str | Path | InternVL, meta: str | Path | list[DatasetSpec],
+def text_perplexity(model: str | Path | InternVLModel, meta: str | Path | list[DatasetSpec],
                     tokenizer: InternVLTokenizer | None = None, max_seq_length: int = 4096) -> dict[str, float]:
     """{"perplexity", "nll", "tokens", "records", "skipped"} over every text-only record of `meta`'s datasets
     (records with images are skipped and counted: this measures the language model alone)."""
-    if not isinstance(model, InternVL):
+    if not isinstance(model, InternVLModel):
         tokenizer = tokenizer or load_tokenizer(model)
-        model = InternVL.from_pretrained(model).eval()
+        model = load_model(model).eval()
     elif tokenizer is None:
         raise ValueError("a loaded model needs its tokenizer")
     cfg = DataConfig(max_seq_length=max_seq_length, template=model.config.template or "internvl2_5")

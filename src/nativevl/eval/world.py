@@ -18,14 +18,10 @@ from tqdm import tqdm
 
 from nativevl.data.dataset import DatasetSpec, read_lines, read_meta
 from nativevl.eval.answer import load_tiles, replies
-from nativevl.infer.prm import (
-    ProcessRewardModel,
-    best_of_n_batch,
-    final_answer,
-    majority_vote,
-)
-from nativevl.model.internvl import InternVL
+from nativevl.infer.prm import ProcessRewardModel, best_of_n_batch, final_answer, majority_vote
+from nativevl.model.internvl import InternVLModel
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
+from nativevl.weights import load_model
 
 # question types grouped the way the demo reports them
 GROUPS = {
@@ -84,7 +80,7 @@ def majority_answers(meta_sft: str | Path) -> dict[str, str]:
 
 
 @torch.inference_mode()
-def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path | list[DatasetSpec], meta_sft: str | Path,
+def evaluate_world(model: str | Path | InternVLModel, meta_eval: str | Path | list[DatasetSpec], meta_sft: str | Path,
                    splits: tuple[str, ...] = ("val", "test"), limit: int | None = None,
                    groups: tuple[str, ...] | None = None, prm: ProcessRewardModel | None = None, best_of: int = 1,
                    tokenizer: InternVLTokenizer | None = None, progress: bool = False, seed: int = 0,
@@ -98,9 +94,9 @@ def evaluate_world(model: str | Path | InternVL, meta_eval: str | Path | list[Da
     its `tokenizer`. Given a `rows` list, one dict per reply is appended to it (id, row of the table, reply, gold
     answer, correct; with Best-of-N also every candidate: response, PRM score, sampling order, correct)."""
     groups = check_groups(groups) if groups is not None else None
-    if not isinstance(model, InternVL):
+    if not isinstance(model, InternVLModel):
         tokenizer = load_tokenizer(model)
-        model = InternVL.from_pretrained(model).eval()
+        model = load_model(model).eval()
     elif tokenizer is None:
         raise ValueError("a loaded model needs its tokenizer")
     baseline = majority_answers(meta_sft)

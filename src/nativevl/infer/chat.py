@@ -1,41 +1,28 @@
-"""Chat: the original `chat` / `batch_chat` semantics (spec §3.3), text streaming, and `Pipeline`, which takes
-paths or PIL images and does the tiling itself.
+"""Chat: the original `chat` / `batch_chat` semantics (spec §3.3) and text streaming, as functions of a model
+(`InternVL.chat` and `Pipeline`, in api.py, call them), and the opt-in CPU speed switches (`speed_up`).
 
-    pipe = Pipeline("InternVL3-1B", dtype=torch.bfloat16)
-    pipe("What is in the image?", images=["cat.jpg"])
-    for piece in pipe.stream("And the colours?", images=["cat.jpg"], history=history): print(piece, end="")
+    answer, history = chat(model, tokenizer, pixel_values, "What is in the image?", {"max_new_tokens": 64},
+                           return_history=True)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
 
-from nativevl.conversation import (
-    IMAGE_PLACEHOLDER,
-    chat_prompt,
-    expand_images,
-    get_template,
-    image_prefix,
-    video_prefix,
-)
-from nativevl.data.image import ImageSource, load_image
+from nativevl.conversation import IMAGE_PLACEHOLDER, chat_prompt, expand_images, get_template
 from nativevl.data.v2pe import v2pe_positions
-from nativevl.data.video import load_video
 from nativevl.infer.generate import GenerationConfig, generate, generate_steps
+from nativevl.model.internvl import InternVLModel
 from nativevl.model.layers import prepack_linears
-from nativevl.model.internvl import InternVL
-from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
-from nativevl.weights import check_device
+from nativevl.tokenizer import InternVLTokenizer
 
 History = list[tuple[str, str]]
 
 
-def _generation_config(
-    model: InternVL, tokenizer: InternVLTokenizer, generation_config: dict | GenerationConfig | None
+def chat_generation_config(
+    model: InternVLModel, tokenizer: InternVLTokenizer, generation_config: dict | GenerationConfig | None
 ) -> GenerationConfig:
     """The caller's settings, with eos forced to the template's stop token (`<|im_end|>`), as `chat` does."""
     cfg = generation_config if isinstance(generation_config, GenerationConfig) else GenerationConfig.from_dict(
@@ -44,20 +31,20 @@ def _generation_config(
     return GenerationConfig(**{**cfg.__dict__, "eos_token_id": [tokenizer.token_to_id(stop)]})
 
 
-def _positions(model: InternVL, ids: torch.Tensor, mask: torch.Tensor | None, v2pe_delta: float | None):
+def _positions(model: InternVLModel, ids: torch.Tensor, mask: torch.Tensor | None, v2pe_delta: float | None):
     if v2pe_delta is None:
         return None  # integer positions, what the released checkpoints were run with
     return v2pe_positions(ids, model.config.img_context_token_id, v2pe_delta, mask)
 
 
-def _check_tokenizer(model: InternVL, tokenizer: InternVLTokenizer) -> None:
+def check_tokenizer(model: InternVLModel, tokenizer: InternVLTokenizer) -> None:
     if tokenizer.img_context_id != model.config.img_context_token_id:
         raise ValueError(f"the tokenizer's <IMG_CONTEXT> is id {tokenizer.img_context_id} but the model expects "
                          f"{model.config.img_context_token_id}; are model and tokenizer from the same checkpoint?")
 
 
 def build_query(
-    model: InternVL,
+    model: InternVLModel,
     question: str,
     pixel_values: torch.Tensor | None,
     history: History | None,
@@ -91,7 +78,7 @@ def _stop_check(tokenizer: InternVLTokenizer, stop_strings: Sequence[str]):
 
 
 def _single_turn(
-    model: InternVL,
+    model: InternVLModel,
     tokenizer: InternVLTokenizer,
     pixel_values: torch.Tensor | None,
     question: str,
@@ -100,10 +87,10 @@ def _single_turn(
     num_patches_list: list[int] | None,
 ) -> tuple[GenerationConfig, str, torch.Tensor, torch.Tensor | None]:
     """(settings, question as stored in history, prompt ids (1, L), pixel values), on the model's device."""
-    _check_tokenizer(model, tokenizer)
+    check_tokenizer(model, tokenizer)
     if pixel_values is not None:
         model.check_pixel_values(pixel_values)  # 448-px tiles on a 112-px model: said so, before anything runs
-    cfg = _generation_config(model, tokenizer, generation_config)
+    cfg = chat_generation_config(model, tokenizer, generation_config)
     question, query = build_query(model, question, pixel_values, history, num_patches_list)
     ids = torch.tensor([tokenizer.prompt_ids(query)], device=_device(model))
     pixel_values = pixel_values.to(_device(model)) if pixel_values is not None else None
@@ -111,7 +98,7 @@ def _single_turn(
 
 
 def chat(
-    model: InternVL,
+    model: InternVLModel,
     tokenizer: InternVLTokenizer,
     pixel_values: torch.Tensor | None,
     question: str,
@@ -133,7 +120,7 @@ def chat(
 
 
 def stream_chat(
-    model: InternVL,
+    model: InternVLModel,
     tokenizer: InternVLTokenizer,
     pixel_values: torch.Tensor | None,
     question: str,
@@ -194,7 +181,7 @@ def _safe_prefix(text: str, stops: Sequence[str]) -> str:
 
 
 def batch_chat(
-    model: InternVL,
+    model: InternVLModel,
     tokenizer: InternVLTokenizer,
     pixel_values: torch.Tensor | None,
     questions: list[str],
@@ -208,10 +195,10 @@ def batch_chat(
     `<image>`s in order (several images: the question writes its `Image-1: <image>`... lines, as for `chat`).
     With `prefixes`, answer k starts with `prefixes[k]` (already written, not returned): how Monte-Carlo step
     labels continue a partial solution."""
-    _check_tokenizer(model, tokenizer)
+    check_tokenizer(model, tokenizer)
     if pixel_values is not None:
         model.check_pixel_values(pixel_values)
-    cfg = _generation_config(model, tokenizer, generation_config)
+    cfg = chat_generation_config(model, tokenizer, generation_config)
     if num_patches_list is None:
         num_patches_list = [0] * len(questions) if pixel_values is None else [pixel_values.shape[0]]
     if len(num_patches_list) != len(questions):
@@ -233,7 +220,7 @@ def batch_chat(
     return [_answer(tokenizer, row, cfg.stop_strings) for row in new.tolist()]
 
 
-def question_ids(model: InternVL, tokenizer: InternVLTokenizer, question: str, counts: list[int],
+def question_ids(model: InternVLModel, tokenizer: InternVLTokenizer, question: str, counts: list[int],
                  prefix: str = "") -> list[int]:
     """The prompt ids `batch_chat` decodes from for one question whose images have `counts` tiles each: the
     template's prompt, `<image>` prepended when the question has none (as `chat`: several images need their
@@ -255,18 +242,18 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
-def _device(model: InternVL) -> torch.device:
+def _device(model: InternVLModel) -> torch.device:
     return model.language_model.lm_head.weight.device
 
 
-def prepack_model(model: InternVL) -> int:
+def prepack_model(model: InternVLModel) -> int:
     """`prepack_linears` over the whole model (model/layers.py); the vision tower and the projector, which never
     see a few rows, skip the few-row kernel's copy. Returns the number of layers packed."""
     return (prepack_linears(model.vision_model, decodes=False) + prepack_linears(model.mlp1, decodes=False)
             + prepack_linears(model.language_model))
 
 
-def speed_up(model: InternVL, prepack: bool = False, compile: bool = False) -> InternVL:
+def speed_up(model: InternVLModel, prepack: bool = False, compile: bool = False) -> InternVLModel:
     """The opt-in speed switches of `chat` and `serve` (docs/inference.md), applied after loading and casting.
 
     prepack: on CPU (float32 or bf16), multiply with oneDNN-packed copies of the weights (model/layers.py).
@@ -279,58 +266,3 @@ def speed_up(model: InternVL, prepack: bool = False, compile: bool = False) -> I
     if compile:
         model.language_model.compile(dynamic=True)
     return model
-
-
-class Pipeline:
-    """A checkpoint folder ready to answer: `pipe(prompt, images=[...])`, `pipe.stream(...)`."""
-
-    def __init__(
-        self,
-        path: str | Path,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-        max_num: int | None = None,
-        v2pe_delta: float | None = None,
-        compile: bool = False,
-        prepack: bool = False,
-    ) -> None:
-        device = check_device(device)  # 'gpu', or cuda on a machine without one: one line before anything loads
-        self.model = speed_up(InternVL.from_pretrained(path, dtype=dtype, device=device).eval(), prepack, compile)
-        self.tokenizer = load_tokenizer(path)
-        _check_tokenizer(self.model, self.tokenizer)
-        self.max_num = max_num or self.model.config.max_dynamic_patch
-        self.v2pe_delta = v2pe_delta
-
-    def prepare(
-        self, prompt: str, images: Sequence[ImageSource] = (), video: str | Path | None = None,
-        num_segments: int = 8, history: History | None = None,
-    ) -> tuple[str, torch.Tensor | None, list[int] | None]:
-        """(question, pixel_values, num_patches_list): tiles every image; frames of the video, one tile each."""
-        if images and video is not None:
-            raise ValueError("give images or a video, not both")
-        dtype = next(self.model.parameters()).dtype
-        size = self.model.config.vision.image_size  # tiles are the ViT's size (448 for the released models)
-        if video is not None:
-            pixels, patches = load_video(video, num_segments=num_segments, input_size=size)
-            if IMAGE_PLACEHOLDER not in prompt:
-                prompt = video_prefix(len(patches)) + prompt
-            return prompt, pixels.to(dtype), patches
-        if not images:
-            return prompt, None, None
-        tiles = [load_image(image, input_size=size, max_num=self.max_num) for image in images]
-        if IMAGE_PLACEHOLDER not in prompt and not history:
-            prompt = image_prefix(len(tiles)) + prompt
-        return prompt, torch.cat(tiles).to(dtype), [t.shape[0] for t in tiles]
-
-    def __call__(self, prompt: str, images: Sequence[ImageSource] = (), video: str | Path | None = None,
-                 history: History | None = None, return_history: bool = False, num_segments: int = 8,
-                 **generation: Any) -> str | tuple[str, History]:
-        question, pixels, patches = self.prepare(prompt, images, video, num_segments, history)
-        return chat(self.model, self.tokenizer, pixels, question, generation, history, return_history, patches,
-                    self.v2pe_delta)
-
-    def stream(self, prompt: str, images: Sequence[ImageSource] = (), video: str | Path | None = None,
-               history: History | None = None, num_segments: int = 8, **generation: Any) -> Iterator[str]:
-        question, pixels, patches = self.prepare(prompt, images, video, num_segments, history)
-        return stream_chat(self.model, self.tokenizer, pixels, question, generation, history, patches,
-                           self.v2pe_delta)

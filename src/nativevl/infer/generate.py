@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from nativevl.model.internvl import InternVL, default_positions
+from nativevl.model.internvl import InternVLModel, default_positions
 from nativevl.model.text import KVCache, rope_inv_freq
 
 
@@ -100,7 +100,7 @@ def next_token(scores: torch.Tensor, cfg: GenerationConfig, generator: torch.Gen
 
 
 def prefill(
-    model: InternVL,
+    model: InternVLModel,
     cache: KVCache,
     input_ids: torch.Tensor,
     pixel_values: torch.Tensor | None,
@@ -122,7 +122,7 @@ def prefill(
 
 
 def decode_one_token(
-    model: InternVL,
+    model: InternVLModel,
     cache: KVCache,
     token: torch.Tensor,
     attention_mask: torch.Tensor | None,
@@ -144,7 +144,7 @@ class GraphDecoder:
     Status: its step is checked against the eager decoder on the CPU (tests/test_generate.py, compiled=False);
     the captured graph has not yet run on a GPU (`python -m benchmarks.gpu_check` checks it there)."""
 
-    def __init__(self, model: InternVL, bucket: int = 256, compiled: bool = True) -> None:
+    def __init__(self, model: InternVLModel, bucket: int = 256, compiled: bool = True) -> None:
         self.model, self.bucket, self.compiled = model, bucket, compiled  # compiled=False: the same step, eager
         self.graphs: dict[tuple[int, int], _Graph] = {}
 
@@ -158,7 +158,7 @@ class GraphDecoder:
 
 
 class _Graph:
-    def __init__(self, model: InternVL, batch: int, size: int, compiled: bool) -> None:
+    def __init__(self, model: InternVLModel, batch: int, size: int, compiled: bool) -> None:
         lm = model.language_model
         device = lm.lm_head.weight.device
         self.cfg, self.size = lm.config, size
@@ -207,7 +207,7 @@ StopCheck = Callable[[int, list[int]], bool]  # (row, that row's new tokens) -> 
 
 @torch.inference_mode()
 def generate_steps(
-    model: InternVL,
+    model: InternVLModel,
     input_ids: torch.Tensor,
     config: GenerationConfig,
     pixel_values: torch.Tensor | None = None,
@@ -261,7 +261,7 @@ def generate_steps(
 
 
 def generate(
-    model: InternVL,
+    model: InternVLModel,
     input_ids: torch.Tensor,
     pixel_values: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,

@@ -21,16 +21,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nativevl.conversation import (
-    IMAGE_PLACEHOLDER,
-    Conversation,
-    expand_images,
-    get_template,
-)
+from nativevl.conversation import IMAGE_PLACEHOLDER, Conversation, expand_images, get_template
 from nativevl.infer.chat import _device
 from nativevl.infer.generate import GenerationConfig
-from nativevl.model.internvl import InternVL
+from nativevl.model.internvl import InternVLModel
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
+from nativevl.weights import load_model
 
 # tools/reasoning_data_pipeline/utils/constants.py::PRM_SYSTEM_PROMPT, in substance
 PRM_SYSTEM_PROMPT = (
@@ -90,7 +86,7 @@ def prm_record(question: str, response: str, labels: Sequence[bool], image: str 
 class ProcessRewardModel:
     """Scores the steps of candidate solutions with one forward pass each."""
 
-    def __init__(self, model: InternVL | str, tokenizer: InternVLTokenizer | None = None,
+    def __init__(self, model: InternVLModel | str, tokenizer: InternVLTokenizer | None = None,
                  normalize: str = "pair", aggregation: str = "mean", max_steps: int | None = 16) -> None:
         if normalize not in ("pair", "vocab"):
             raise ValueError(f"normalize must be 'pair' or 'vocab', got {normalize!r}")
@@ -98,7 +94,7 @@ class ProcessRewardModel:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         if isinstance(model, str):
             tokenizer = tokenizer or load_tokenizer(model)
-            model = InternVL.from_pretrained(model).eval()
+            model = load_model(model).eval()
         if tokenizer is None:
             raise ValueError("give the PRM's tokenizer")
         self.model, self.tokenizer = model, tokenizer
@@ -207,7 +203,7 @@ def majority_vote(responses: Sequence[str]) -> str:
     return next(r for r in responses if counts[final_answer(r)] == best)
 
 
-def best_of_n(policy: InternVL, tokenizer: InternVLTokenizer, question: str, pixel_values: torch.Tensor | None,
+def best_of_n(policy: InternVLModel, tokenizer: InternVLTokenizer, question: str, pixel_values: torch.Tensor | None,
               prm: ProcessRewardModel, n: int = 8, temperature: float = 0.7, top_p: float = 0.95,
               max_new_tokens: int = 512, num_patches_list: list[int] | None = None,
               seed: int | None = None) -> list[Candidate]:
@@ -216,7 +212,7 @@ def best_of_n(policy: InternVL, tokenizer: InternVLTokenizer, question: str, pix
                            temperature, top_p, max_new_tokens, seed)[0]
 
 
-def best_of_n_batch(policy: InternVL, tokenizer: InternVLTokenizer,
+def best_of_n_batch(policy: InternVLModel, tokenizer: InternVLTokenizer,
                     items: Sequence[tuple[str, torch.Tensor | None, list[int]]], prm: ProcessRewardModel, n: int = 8,
                     temperature: float = 0.7, top_p: float = 0.95, max_new_tokens: int = 512,
                     seed: int | None = None) -> list[list[Candidate]]:

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from nativevl.config import ModelConfig
+from nativevl.config import IGNORE_INDEX, ModelConfig
 from nativevl.model.layers import activation
 from nativevl.model.text import CausalLM, KVCache
 from nativevl.model.vision import InternViT
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -50,7 +47,10 @@ def pixel_shuffle(x: torch.Tensor, ratio: float = 0.5, version: str = "v2") -> t
     return x
 
 
-class InternVL(nn.Module):
+class InternVLModel(nn.Module):
+    """The model's math: the ViT, pixel shuffle, projector and LLM, their forward and loss. Users hold its
+    subclass `nativevl.InternVL` (api.py), which adds loading, saving and the original's chat API."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -70,7 +70,7 @@ class InternVL(nn.Module):
     @classmethod
     def from_config(
         cls, config: ModelConfig, dtype: torch.dtype | None = None, device: torch.device | str | None = None
-    ) -> "InternVL":
+    ) -> "InternVLModel":
         """A randomly initialised model (built on the meta device first, so large shapes are quick)."""
         with torch.device("meta"):
             model = cls(config)
@@ -99,20 +99,6 @@ class InternVL(nn.Module):
         for layer in self.vision_model.encoder.layers:
             layer.ls1.fill_(v.initializer_factor)
             layer.ls2.fill_(v.initializer_factor)
-
-    @classmethod
-    def from_pretrained(
-        cls, path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str | None = None
-    ) -> "InternVL":
-        """Load a checkpoint folder in the original OpenGVLab or the transformers layout (see weights.py)."""
-        from nativevl.weights import load_model
-
-        return load_model(path, dtype=dtype, device=device)
-
-    def save_pretrained(self, path: str | Path, layout: str = "original", max_shard_size: str | int = "5GB") -> None:
-        from nativevl.weights import save_model
-
-        save_model(self, path, layout=layout, max_shard_size=max_shard_size)
 
     # --- vision ----------------------------------------------------------------------------------------------
 
@@ -236,24 +222,6 @@ class InternVL(nn.Module):
         logits = lm(embeds, position_ids, attention_mask, cache, logits_to_keep, cu_seqlens)
         loss = lm_loss(logits, None, labels, label_weights, loss_denominator) if labels is not None else None
         return Output(logits=logits, loss=loss)
-
-    # --- the original chat API (implemented in infer/chat.py; kept here so users of the original feel at home) ---
-
-    def chat(self, tokenizer, pixel_values, question, generation_config=None, history=None,  # noqa: ANN001
-             return_history=False, num_patches_list=None, v2pe_delta=None):  # noqa: ANN001, ANN201
-        """`model.chat(tokenizer, pixel_values, question, generation_config, history, return_history,
-        num_patches_list)` with the original's semantics; see `nativevl.infer.chat.chat`."""
-        from nativevl.infer.chat import chat
-
-        return chat(self, tokenizer, pixel_values, question, generation_config, history, return_history,
-                    num_patches_list, v2pe_delta)
-
-    def batch_chat(self, tokenizer, pixel_values, questions, generation_config=None,  # noqa: ANN001
-                   num_patches_list=None, v2pe_delta=None):  # noqa: ANN001, ANN201
-        """Several questions at once, as the original `batch_chat`; see `nativevl.infer.chat.batch_chat`."""
-        from nativevl.infer.chat import batch_chat
-
-        return batch_chat(self, tokenizer, pixel_values, questions, generation_config, num_patches_list, v2pe_delta)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.language_model.lm_head.weight

@@ -42,12 +42,12 @@ from starlette.exceptions import HTTPException
 
 from nativevl.conversation import IMAGE_PLACEHOLDER, chat_prompt, expand_images
 from nativevl.data.image import ImageError, load_image, open_image
-from nativevl.infer.chat import _check_tokenizer, _generation_config, speed_up
+from nativevl.device import check_device
+from nativevl.infer.chat import chat_generation_config, check_tokenizer, speed_up
 from nativevl.infer.generate import GenerationConfig
-from nativevl.model.internvl import InternVL
 from nativevl.serve.engine import Engine, Event, Sequence
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
-from nativevl.weights import check_device
+from nativevl.weights import load_model
 
 log = logging.getLogger(__name__)
 
@@ -277,10 +277,10 @@ class Server:
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
         device = check_device(cfg.device)  # one line for 'gpu' or a device this machine lacks, before loading
-        self.model = speed_up(InternVL.from_pretrained(cfg.model, dtype=cfg.dtype, device=device).eval(),
+        self.model = speed_up(load_model(cfg.model, dtype=cfg.dtype, device=device).eval(),
                               cfg.prepack, cfg.compile)
         self.tokenizer: InternVLTokenizer = load_tokenizer(cfg.model)
-        _check_tokenizer(self.model, self.tokenizer)
+        check_tokenizer(self.model, self.tokenizer)
         self.name = cfg.model_name or model_id(cfg.model)
         self.max_tiles = cfg.max_tiles or self.model.config.max_dynamic_patch
         self.max_len = (cfg.max_model_len or self.tokenizer.model_max_length
@@ -322,7 +322,7 @@ class Server:
                         do_sample=bool(req.temperature), temperature=req.temperature or 1.0, top_p=req.top_p,
                         top_k=req.top_k, repetition_penalty=req.repetition_penalty)
         try:
-            config = _generation_config(self.model, self.tokenizer, settings)
+            config = chat_generation_config(self.model, self.tokenizer, settings)
         except ValueError as e:
             raise ApiError(400, str(e)) from None
         return ids, pixels, config

@@ -28,7 +28,7 @@ import torch
 
 from nativevl.infer.chat import TextStream, _device, _positions, left_pad
 from nativevl.infer.generate import GenerationConfig, decode_one_token, next_token, prefill, process_logits
-from nativevl.model.internvl import InternVL, default_positions
+from nativevl.model.internvl import InternVLModel, default_positions
 from nativevl.model.text import KVCache
 from nativevl.tokenizer import InternVLTokenizer
 
@@ -132,7 +132,7 @@ class EngineStats:
 class Engine:
     """A background thread that decodes every submitted sequence, `max_batch` at a time."""
 
-    def __init__(self, model: InternVL, tokenizer: InternVLTokenizer, max_batch: int = 16,
+    def __init__(self, model: InternVLModel, tokenizer: InternVLTokenizer, max_batch: int = 16,
                  v2pe_delta: float | None = None) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch, self.v2pe_delta = max_batch, v2pe_delta

@@ -12,7 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from nativevl.model.internvl import IGNORE_INDEX, lm_loss
+from nativevl.config import IGNORE_INDEX
+from nativevl.model.internvl import lm_loss
 
 REDUCTIONS = ("token", "sample", "square")
 

@@ -25,8 +25,9 @@ from nativevl.data.image import load_image
 from nativevl.infer.chat import batch_chat
 from nativevl.infer.generate import GenerationConfig
 from nativevl.infer.prm import final_answer, prm_record, split_steps
-from nativevl.model.internvl import InternVL
+from nativevl.model.internvl import InternVLModel
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
+from nativevl.weights import load_model
 
 
 def _normal(answer: str) -> str:
@@ -34,7 +35,7 @@ def _normal(answer: str) -> str:
 
 
 @torch.inference_mode()
-def mc_step_labels(policy: InternVL, tokenizer: InternVLTokenizer, question: str, pixel_values: torch.Tensor,
+def mc_step_labels(policy: InternVLModel, tokenizer: InternVLTokenizer, question: str, pixel_values: torch.Tensor,
                    steps: list[str], gold: str, k: int, settings: GenerationConfig) -> list[bool]:
     """One label per step: some continuation of the prefix ending with it reaches `gold` (all prefixes' k
     continuations are sampled as one batch)."""
@@ -76,7 +77,7 @@ def build_prm_data(policy_dir: str | Path, world: str | Path, out: str | Path, q
     records = [json.loads(line) for _, line in read_lines(spec)]
     random.Random(seed).shuffle(records)
     tokenizer = load_tokenizer(policy_dir)
-    policy = InternVL.from_pretrained(policy_dir).eval()
+    policy = load_model(policy_dir).eval()
     size, max_num = policy.config.vision.image_size, spec.max_dynamic_patch or policy.config.max_dynamic_patch
     settings = GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     torch.manual_seed(seed)

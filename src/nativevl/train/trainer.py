@@ -29,22 +29,16 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch.optim.lr_scheduler import LambdaLR
 
-from nativevl.config import preset
+from nativevl.config import IGNORE_INDEX, preset
 from nativevl.data.dataset import DataConfig
 from nativevl.data.loader import StreamConfig, TrainStream, make_loader
 from nativevl.data.packing import PackedBatch
-from nativevl.model.internvl import IGNORE_INDEX, InternVL, Output
+from nativevl.model.internvl import InternVLModel, Output
 from nativevl.tokenizer import IM_END, IM_START, load_tokenizer
 from nativevl.train import checkpoint as ckpt
 from nativevl.train.config import STAGES, TrainConfig, validate  # noqa: F401 - STAGES: its old home
-from nativevl.train.losses import (
-    RunningMean,
-    mpo_loss,
-    reduce_denominator,
-    sequence_logps,
-    token_weights,
-)
-from nativevl.weights import SIDECAR_FILES, read_state, save_state
+from nativevl.train.losses import RunningMean, mpo_loss, reduce_denominator, sequence_logps, token_weights
+from nativevl.weights import SIDECAR_FILES, load_model, read_state, save_state
 
 log = logging.getLogger("nativevl.train")
 
@@ -174,16 +168,16 @@ class Trainer:
 
     # --- set-up -----------------------------------------------------------------------------------------------
 
-    def _build_reference(self) -> InternVL:
+    def _build_reference(self) -> InternVLModel:
         """MPO's frozen reference: a second copy of the starting checkpoint, in eval mode (no drop path)."""
         if not self.cfg.model.checkpoint:
             raise TrainingError("stage mpo needs model.checkpoint: the policy and its reference start from it")
-        reference = InternVL.from_pretrained(self.cfg.model.checkpoint, dtype=torch.float32).to(self.dist.device)
+        reference = load_model(self.cfg.model.checkpoint, dtype=torch.float32).to(self.dist.device)
         reference.requires_grad_(False)
         self._shard(reference)
         return reference.eval()
 
-    def _shard(self, model: InternVL) -> None:
+    def _shard(self, model: InternVLModel) -> None:
         """FSDP2 under torchrun: each ViT layer and each LLM layer is its own unit, the rest the root's."""
         if self.dist.world == 1:
             return
@@ -195,17 +189,17 @@ class Trainer:
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
 
-    def _build_model(self) -> InternVL:
+    def _build_model(self) -> InternVLModel:
         spec = self.cfg.model
         if spec.checkpoint:  # (validate refused model.overrides with a checkpoint)
-            model = InternVL.from_pretrained(spec.checkpoint, dtype=torch.float32)
+            model = load_model(spec.checkpoint, dtype=torch.float32)
         else:
             config = preset(spec.preset).replace(**spec.overrides)
             if spec.vocab_from_tokenizer:
                 config = config.replace(**{"text.vocab_size": len(self.tokenizer),
                                            "img_context_token_id": self.tokenizer.img_context_id,
                                            "text.eos_token_id": self.tokenizer.im_end_id, "text.bos_token_id": None})
-            model = InternVL.from_config(config)
+            model = InternVLModel.from_config(config)
         if self.cfg.drop_path_rate:
             rates = torch.linspace(0, self.cfg.drop_path_rate, len(model.vision_model.encoder.layers)).tolist()
             for layer, rate in zip(model.vision_model.encoder.layers, rates, strict=True):
@@ -289,7 +283,7 @@ class Trainer:
         enabled = self.cfg.precision == "bf16"
         return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def _forward(self, model: InternVL, batch: PackedBatch, **loss: Any) -> Output:
+    def _forward(self, model: InternVLModel, batch: PackedBatch, **loss: Any) -> Output:
         """The packed row through `model`; with `loss` (labels, label_weights, …) the loss is computed in chunks."""
         device = self.dist.device
         index = batch.feature_index.to(device) if batch.feature_index is not None else None
