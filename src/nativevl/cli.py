@@ -261,11 +261,7 @@ def _speed_options(p: argparse.ArgumentParser) -> None:
                    "copies of the weights in memory), bf16 prompts' attention on its AVX-512 BF16 kernel")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nativevl", description="InternVL3 in plain PyTorch.")
-    parser.add_argument("--version", action="version", version=f"nativevl {version('nativevl')}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _chat_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="answer questions about images or a video with a checkpoint folder",
                        description="One answer when PROMPT is given, otherwise an interactive session with "
                        "history. Answers stream as they are generated.")
@@ -296,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how step scores make a solution's score (default mean, as VisualPRM)")
     p.set_defaults(func=cmd_chat)
 
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="score a checkpoint on local MMMU-layout or VQA files, or the embedded world",
                        description="MMMU: InternVL's prompt, then one of three metrics (--scoring; the report names "
                        "it), a table per subject (instance-weighted overall). VQA: exact match after normalisation, a "
@@ -324,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="write the table and every reply as JSON")
     p.set_defaults(func=cmd_eval)
 
+
+def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="rewrite a checkpoint in the original or the transformers layout",
                        description="Reads either layout (one file or sharded safetensors), writes the other (or the "
                        "same) with its config.json and tokenizer files; docs/checkpoints.md lists the key names.")
@@ -336,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shard past this size, with a unit: 5GB, 500MB, 1048576B (default 5GB)")
     p.set_defaults(func=cmd_convert)
 
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a recipe (pretrain, sft, demo_pretrain, …) or a TOML config",
                        description="Runs under torchrun too (FSDP2 across the processes). A killed run resumes "
                        "from its last checkpoint in its out folder; docs/training.md.",
@@ -345,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any field, e.g. --set steps=200 --set optim.lr=1e-4; repeatable")
     p.set_defaults(func=cmd_train)
 
+
+def _world_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("world", help="the embedded synthetic multimodal world")
     world = p.add_subparsers(dest="action", required=True)
     g = world.add_parser("generate", help="write images, jsonl annotations, meta files and a tokenizer to OUT")
@@ -353,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale", type=float, default=1.0, help="multiply the number of records (default 1.0)")
     g.set_defaults(func=cmd_world)
 
+
+def _prm_data_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prm-data", help="label a world's step-by-step solutions for PRM training (Monte-Carlo)",
                        description="Samples solutions to the world's training reasoning questions from POLICY and "
                        "labels each step + when one of K continuations from it reaches the gold answer (VisualPRM).")
@@ -368,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_prm_data)
 
+
+def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole recipe on the embedded world: pre-train, SFT, evaluate, MPO, PRM, "
                        "Best-of-N (CPU)", description="Generates the embedded world, natively pre-trains a toy "
                        "InternVL3-architecture model on it, fine-tunes and evaluates it, then aligns it with MPO, "
@@ -380,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best-of", type=int, default=8, help="samples per question for Best-of-N (default 8)")
     p.set_defaults(func=cmd_demo)
 
+
+def _ablate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ablate", help="measure one of the paper's claims at small scale on the embedded world",
                        description="native-vs-posthoc, v2pe, mpo or best-of-n: trains its toy models per seed, "
                        "prints a table (mean ± sd (min..max) over seeds) and writes DOCS/NAME.md, .png and .json. "
@@ -396,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rewrite DOCS/NAME.md and .png from the last run's DOCS/NAME.json (no training)")
     p.set_defaults(func=cmd_ablate)
 
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="an OpenAI-compatible API (/v1/chat/completions) and a chat page at /",
                        description="Requests that arrive together are decoded together. Images come as data URLs; "
                        "local paths and remote URLs only where the flags below allow them.")
@@ -423,6 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--v2pe-delta", type=float, help="V2PE position step of visual tokens (default: integer)")
     _speed_options(p)
     p.set_defaults(func=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nativevl", description="InternVL3 in plain PyTorch.")
+    parser.add_argument("--version", action="version", version=f"nativevl {version('nativevl')}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_chat_parser, _eval_parser, _convert_parser, _train_parser, _world_parser, _prm_data_parser,
+                _demo_parser, _ablate_parser, _serve_parser):  # the order `nativevl --help` lists them in
+        add(sub)
     return parser
 
 
