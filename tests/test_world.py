@@ -4,6 +4,7 @@ splits, the pretraining text/image mix and the tokenizer."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,6 +144,37 @@ def test_every_record_parses_and_every_image_opens(out, data):
     # varied grids for dynamic tiling: wide, tall and square images
     ratios = {round(w / h, 1) for w, h in sizes.values()}
     assert min(ratios) <= 0.5 and max(ratios) >= 2
+
+
+def test_files_are_written_in_one_canonical_form(out, data):
+    """The annotation, meta and image files are exactly what they hold, written one way: annotation lines are
+    sorted-key JSON in real UTF-8, meta files sorted JSON indented by 2, and each PNG is what `render_scene` gives
+    for the scene its records keep, saved as PNG. A change in how any of them is written changes the world's
+    bytes, and shows here."""
+    for stage in STAGES:
+        meta = json.loads((out / f"meta_{stage}.json").read_text(encoding="utf-8"))
+        assert (out / f"meta_{stage}.json").read_text(encoding="utf-8") == json.dumps(meta, indent=2,
+                                                                                     sort_keys=True) + "\n"
+        for entry, recs in data[stage].values():
+            expected = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in recs)
+            assert (out / entry["annotation"]).read_bytes() == expected.encode("utf-8"), entry["annotation"]
+    scenes: dict[str, dict] = {}
+    for _, _, r in records(data):
+        if image_list(r):
+            group = r["meta"]["scenes"] if "scenes" in r["meta"] else [r["meta"]["scene"]]
+            scenes.update(zip(image_list(r), group, strict=True))
+    written = sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*.png"))
+    assert sorted(scenes) == written  # every image is used, and every record keeps its scene
+    kinds: dict[str, int] = {}
+    for path in written:
+        kind = scenes[path]["kind"]
+        if kinds.get(kind, 0) >= 6:
+            continue
+        kinds[kind] = kinds.get(kind, 0) + 1
+        buffer = io.BytesIO()
+        render_scene(scenes[path]).save(buffer, format="PNG")
+        assert (out / "images" / path).read_bytes() == buffer.getvalue(), path
+    assert set(kinds) == {"object", "shapes", "ocr", "chart"}
 
 
 def test_conversations_and_image_placeholders(data):
