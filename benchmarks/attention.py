@@ -1,6 +1,7 @@
 """One attention layer of a bf16 prompt on the CPU, at the preset's shapes: torch's SDPA (what transformers and
 plain nativevl run; its CPU flash kernel) against nativevl's attention kernel (`--prepack` on a CPU with
-AVX-512 BF16; model/gemv.py, attention_tiles.h), on the same random bf16 q, k, v, timed in turns.
+AVX-512 BF16; nativevl/kernels/bf16_attention.py, attention_tiles.h), on the same random bf16 q, k, v, timed
+in turns.
 
 Shapes: the ViT's full attention over one tile's tokens (1 and 13 tiles at once) and the language model's causal
 attention with grouped key/value heads over the time-to-first-token prompts (1 and 13 tiles)."""
@@ -12,8 +13,8 @@ import torch.nn.functional as F
 
 from benchmarks.common import Timing, fmt, measure_turns, show, table
 from benchmarks.ttft import TEXT
+from nativevl import kernels
 from nativevl.config import preset
-from nativevl.model import gemv
 
 
 def shapes(preset_name: str, tile_counts: list[int]) -> list[tuple[str, int, int, int, int, int, bool]]:
@@ -41,12 +42,12 @@ def timed(b: int, h: int, hkv: int, length: int, d: int, causal: bool, repeats: 
     k, v = (torch.randn(b, length, hkv, d, generator=g).bfloat16().transpose(1, 2) for _ in range(2))
     return measure_turns({
         "SDPA": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=h != hkv),
-        "nativevl kernel": lambda: gemv.attention(q, k, v, None, causal),
+        "nativevl kernel": lambda: kernels.attention(q, k, v, None, causal),
     }, repeats)
 
 
 def run(preset_name: str, tile_counts: list[int], repeats: int, bf16_flops: float) -> str:
-    if not gemv.attention_available():
+    if not kernels.attention_available():
         return ("nativevl's attention kernel needs a CPU with AVX-512 BF16 (and the kernel built); "
                 "this one runs SDPA only, so there is nothing to compare")
     rows = []

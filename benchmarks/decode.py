@@ -124,7 +124,7 @@ def _switch(packs: dict[torch.nn.Module, dict[str, object]], on: bool) -> None:
 
 def packed_products(packs: dict[torch.nn.Module, dict[str, object]]) -> list:
     """The `PackedLinear`s behind `packs`, in forward order: a group's `packed`, a lone layer's packed forward's
-    (`partial(_single, packed, layer)`)."""
+    (`partial(linear_forward, packed, layer)`, nativevl/kernels/packed.py)."""
     return [value if name == "packed" else value.args[0] for found in packs.values() for name, value in found.items()
             if name in ("packed", "forward")]  # an attention layer's `kernel_attention` flag is no product
 

@@ -51,7 +51,7 @@ def run(model, dtype: torch.dtype, tile_counts: list[int], repeats: int, flops: 
     `--prepack` is float32's: on a CPU without native bf16 products it multiplies bf16 layers in float32."""
     from benchmarks.decode import prepacked_forwards, with_packs
     from nativevl.infer.generate import generate
-    from nativevl.model.layers import cpu_multiplies_bf16
+    from nativevl.kernels import cpu_multiplies_bf16
 
     ours = model.to(dtype)
     theirs = transformers_twin(ours, dtype, device)

@@ -1,7 +1,8 @@
-"""nativevl's bf16 attention kernel for CPU prompts (model/gemv.py, attention_tiles.h): where the CPU has AVX-512
-BF16, its outputs within a bound derived from bf16 rounding of the exact float64 attention of the same values
-(causal at the last key, masks, grouped heads, odd lengths, strided inputs), and used by a prepacked bf16 model
-for its ViT and prompt attention; elsewhere the operation refuses to run and the model keeps SDPA."""
+"""nativevl's bf16 attention kernel for CPU prompts (nativevl/kernels: bf16_attention.py, attention_tiles.h):
+where the CPU has AVX-512 BF16, its outputs within a bound derived from bf16 rounding of the exact float64
+attention of the same values (causal at the last key, masks, grouped heads, odd lengths, strided inputs), and
+used by a prepacked bf16 model for its ViT and prompt attention; elsewhere the operation refuses to run and the
+model keeps SDPA."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from test_gemv import cpu_level
 
-from nativevl.model import gemv
+from nativevl import kernels
 
 HERE = cpu_level() >= 3  # AVX-512 BF16
 
@@ -22,11 +23,11 @@ def runs_here() -> bool:
     that, instead of its results), and `attention_available()` must say no, so models keep SDPA."""
     if HERE:
         return True
-    assert not gemv.attention_available()
-    if gemv.built():
+    assert not kernels.attention_available()
+    if kernels.built():
         q = torch.zeros(1, 2, 4, 16, dtype=torch.bfloat16)
         with pytest.raises(RuntimeError, match="needs a CPU with AVX-512 BF16"):
-            gemv.attention(q, q, q)
+            kernels.attention(q, q, q)
     return False
 
 
@@ -78,10 +79,10 @@ def test_attention_is_the_exact_attention_rounded(b, h, hkv, lq, lk, d, causal):
     if not runs_here():
         return
     q, k, v = qkv(b, h, hkv, lq, lk, d)
-    within_bound(gemv.attention(q, k, v, None, causal), q, k, v, None, causal)
+    within_bound(kernels.attention(q, k, v, None, causal), q, k, v, None, causal)
     # contiguous inputs give the same result
-    same = gemv.attention(q.contiguous(), k.contiguous(), v.contiguous(), None, causal)
-    assert torch.equal(same, gemv.attention(q, k, v, None, causal))
+    same = kernels.attention(q.contiguous(), k.contiguous(), v.contiguous(), None, causal)
+    assert torch.equal(same, kernels.attention(q, k, v, None, causal))
 
 
 def test_masks_per_row_per_batch_and_broadcast():
@@ -93,12 +94,12 @@ def test_masks_per_row_per_batch_and_broadcast():
     full[0, 0, 5] = False  # a row that may attend nothing: zeros
     for mask in (full, full[:1], full[:, :, :1], full[:1, :, :1]):
         for causal in (False, True):
-            out = gemv.attention(q, k, v, mask, causal)
+            out = kernels.attention(q, k, v, mask, causal)
             within_bound(out, q, k, v, mask, causal)
-    assert torch.equal(gemv.attention(q, k, v, full)[0, :, 5], torch.zeros(4, 64, dtype=torch.bfloat16))
+    assert torch.equal(kernels.attention(q, k, v, full)[0, :, 5], torch.zeros(4, 64, dtype=torch.bfloat16))
     # non-contiguous masks (a view's last stride 1 or not) are read correctly
     wide = torch.rand(3, 1, 21, 42, generator=g) > 0.4
-    within_bound(gemv.attention(q, k, v, wide[..., ::2]), q, k, v, wide[..., ::2])
+    within_bound(kernels.attention(q, k, v, wide[..., ::2]), q, k, v, wide[..., ::2])
 
 
 def test_as_close_to_exact_as_torch_sdpa_on_a_vit_tile():
@@ -108,11 +109,11 @@ def test_as_close_to_exact_as_torch_sdpa_on_a_vit_tile():
         return
     q, k, v = qkv(1, 16, 16, 1025, 1025, 64, seed=3)
     ref, _ = exact(q, k, v, None, False)
-    ours = (gemv.attention(q, k, v).double() - ref).abs().max()
+    ours = (kernels.attention(q, k, v).double() - ref).abs().max()
     torch_sdpa = (F.scaled_dot_product_attention(q, k, v).double() - ref).abs().max()
     assert ours <= 1.05 * torch_sdpa
     half = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=0.5)
-    torch.testing.assert_close(gemv.attention(q, k, v, scale=0.5).float(), half, rtol=2**-6, atol=2e-2)
+    torch.testing.assert_close(kernels.attention(q, k, v, scale=0.5).float(), half, rtol=2**-6, atol=2e-2)
 
 
 def test_bad_inputs_are_refused():
@@ -120,32 +121,32 @@ def test_bad_inputs_are_refused():
         return
     q, k, v = qkv(1, 4, 2, 5, 5, 16)
     with pytest.raises(RuntimeError, match="4-d bf16 on CPU"):
-        gemv.attention(q.float(), k, v)
+        kernels.attention(q.float(), k, v)
     with pytest.raises(RuntimeError, match="heads a multiple of kv_heads"):
-        gemv.attention(q[:, :3], k, v)
+        kernels.attention(q[:, :3], k, v)
     with pytest.raises(RuntimeError, match="heads a multiple of kv_heads"):
-        gemv.attention(q, k[:, :0], v[:, :0])
+        kernels.attention(q, k[:, :0], v[:, :0])
     with pytest.raises(RuntimeError, match="head_dim 15: even"):
-        gemv.attention(q[..., :15], k[..., :15], v[..., :15])
+        kernels.attention(q[..., :15], k[..., :15], v[..., :15])
     with pytest.raises(RuntimeError, match="mask: bool"):
-        gemv.attention(q, k, v, torch.ones(1, 1, 5, 4, dtype=torch.bool))
+        kernels.attention(q, k, v, torch.ones(1, 1, 5, 4, dtype=torch.bool))
     with pytest.raises(RuntimeError, match="mask: bool"):
-        gemv.attention(q, k, v, torch.ones(1, 1, 5, 5))
+        kernels.attention(q, k, v, torch.ones(1, 1, 5, 5))
 
 
 def test_available_follows_the_cpu_and_the_cap(monkeypatch):
-    assert gemv.attention_available() == HERE
+    assert kernels.attention_available() == HERE
     monkeypatch.setenv("NATIVEVL_GEMV", "2")
-    assert not gemv.attention_available()
+    assert not kernels.attention_available()
     q = torch.zeros(1, 2, 3, 8, dtype=torch.bfloat16)
-    assert gemv.attention_takes(q, q, q)
-    assert gemv.attention_takes(q, q, q, torch.ones(1, 1, 3, 3, dtype=torch.bool))
-    assert not gemv.attention_takes(q, q, q, torch.zeros(1, 1, 3, 3))  # an additive mask: SDPA
-    assert not gemv.attention_takes(q[:, :, :1], q, q)  # a decode step stays on SDPA
-    assert not gemv.attention_takes(q.float(), q, q) and not gemv.attention_takes(q[..., :7], q, q)
+    assert kernels.attention_takes(q, q, q)
+    assert kernels.attention_takes(q, q, q, torch.ones(1, 1, 3, 3, dtype=torch.bool))
+    assert not kernels.attention_takes(q, q, q, torch.zeros(1, 1, 3, 3))  # an additive mask: SDPA
+    assert not kernels.attention_takes(q[:, :, :1], q, q)  # a decode step stays on SDPA
+    assert not kernels.attention_takes(q.float(), q, q) and not kernels.attention_takes(q[..., :7], q, q)
     for wants_grad in range(3):  # a gradient for q, k or v: SDPA (the kernel has no backward)
         t = [q, q, q]
         t[wants_grad] = q.clone().requires_grad_()
-        assert not gemv.attention_takes(*t)
+        assert not kernels.attention_takes(*t)
         with torch.no_grad():
-            assert gemv.attention_takes(*t)
+            assert kernels.attention_takes(*t)

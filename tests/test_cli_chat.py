@@ -10,7 +10,7 @@ import pytest
 import torch
 from reference import tiny_checkpoint
 
-from nativevl.model import gemv
+from nativevl import kernels as gemv
 
 CHAT = [sys.executable, "-m", "nativevl", "chat"]
 

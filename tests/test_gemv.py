@@ -1,6 +1,6 @@
-"""The few-row kernel of CPU decode (model/gemv.py, gemv.cpp): built where the CPU runs it, at each instruction
-set level this CPU has (AVX2, AVX-512, AVX-512 BF16), its results within float32 summation error (and, in bf16,
-one rounding) of the exact sums of the same values; levels the CPU lacks are refused."""
+"""The few-row kernel of CPU decode (nativevl/kernels: gemv.py, cpu.cpp): built where the CPU runs it, at each
+instruction set level this CPU has (AVX2, AVX-512, AVX-512 BF16), its results within float32 summation error (and,
+in bf16, one rounding) of the exact sums of the same values; levels the CPU lacks are refused."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nativevl.model import gemv
+from nativevl import kernels
 
 
 def cpu_level() -> int:
@@ -28,7 +28,7 @@ def cpu_level() -> int:
     return 1 if {"avx2", "fma"} <= flags else 0
 
 
-CASES = [(dtype, level) for dtype in gemv.DTYPES for level in gemv.LEVELS]
+CASES = [(dtype, level) for dtype in kernels.DTYPES for level in kernels.LEVELS]
 
 
 def runs_here(level: int) -> bool:
@@ -36,40 +36,40 @@ def runs_here(level: int) -> bool:
     instead of its results): it stops with a clear error rather than executing instructions the CPU lacks."""
     if level <= cpu_level():
         return True
-    if gemv.built():
-        w = gemv.pack(torch.ones(48, 64), level)
+    if kernels.built():
+        w = kernels.pack(torch.ones(48, 64), level)
         with pytest.raises(RuntimeError, match=f"level {level} needs a CPU with"):
-            gemv.product(torch.ones(1, 64), w, None, 48, level)
+            kernels.product(torch.ones(1, 64), w, None, 48, level)
     return False
 
 
 def test_the_kernel_runs_exactly_the_levels_the_cpu_has(monkeypatch):
-    assert gemv.level() == cpu_level()
-    assert gemv.available(torch.float32) == gemv.available(torch.bfloat16) == (cpu_level() > 0)
-    assert not gemv.available(torch.float16)
+    assert kernels.level() == cpu_level()
+    assert kernels.available(torch.float32) == kernels.available(torch.bfloat16) == (cpu_level() > 0)
+    assert not kernels.available(torch.float16)
     monkeypatch.setenv("NATIVEVL_GEMV", "1")  # a cap, to run a narrower set on a wider CPU
-    assert gemv.level() == min(1, cpu_level())
+    assert kernels.level() == min(1, cpu_level())
     monkeypatch.setenv("NATIVEVL_GEMV", "0")
-    assert gemv.level() == 0 and not gemv.available(torch.float32)
+    assert kernels.level() == 0 and not kernels.available(torch.float32)
     monkeypatch.setenv("NATIVEVL_GEMV", "yes")
     with pytest.raises(ValueError, match="NATIVEVL_GEMV='yes': 0 \\(off\\)"):
-        gemv.level()
+        kernels.level()
 
 
-@pytest.mark.parametrize("level", gemv.LEVELS)
+@pytest.mark.parametrize("level", kernels.LEVELS)
 @pytest.mark.parametrize("dtype, d", [(torch.bfloat16, 2), (torch.float32, 1)])
 def test_pack_lays_out_tiles_of_outputs_step_by_step_zero_padded(dtype, d, level):
-    t = gemv.tile(level)
+    t = kernels.tile(level)
     assert t == (24 if level == 1 else 48)
     n, k = t + 2, 2 * d + 1  # a tile and 2 outputs; 2 steps and one k value
     w = torch.arange(n * k, dtype=torch.float32).view(n, k).to(dtype)
-    packed = gemv.pack(w, level)
+    packed = kernels.pack(w, level)
     assert packed.shape == (2, 3, t, d) and packed.dtype == dtype
     for i, s, j, e in [(0, 0, 0, 0), (0, 1, t - 1, d - 1), (1, 0, 1, 0), (1, 2, 0, 0), (0, 2, 5, 0)]:
         assert packed[i, s, j, e] == w[t * i + j, d * s + e]  # tile i, step s: output ti+j at k = ds+e
     assert not packed[1, :, 2:].any()  # outputs past n are zeros
     assert not packed[:, 2, :, 1:].any()  # as is k's padding to whole steps (bf16: k odd)
-    assert gemv.pack_bias(torch.ones(n, dtype=torch.bfloat16), level).tolist() == [1.0] * n + [0.0] * (t - 2)
+    assert kernels.pack_bias(torch.ones(n, dtype=torch.bfloat16), level).tolist() == [1.0] * n + [0.0] * (t - 2)
 
 
 @pytest.mark.parametrize("dtype, level", CASES)
@@ -87,7 +87,7 @@ def test_products_are_the_exact_sums_rounded_once(n, k, rows, bias, dtype, level
     x = x[: rows * k].view(rows, k)
     w = (torch.randn(n, k, generator=g) * 0.05).to(dtype)
     b = torch.randn(n, generator=g).to(dtype) if bias else None
-    y = gemv.product(x, gemv.pack(w, level), None if b is None else gemv.pack_bias(b, level), n, level)
+    y = kernels.product(x, kernels.pack(w, level), None if b is None else kernels.pack_bias(b, level), n, level)
     assert y.shape == (rows, n) and y.dtype == dtype
     exact = x.double() @ w.double().T + (0 if b is None else b.double())
     # float32 sums: k multiply-adds in turn (at most) and the bias, each rounding to nearest (2^-24 of the
@@ -97,7 +97,7 @@ def test_products_are_the_exact_sums_rounded_once(n, k, rows, bias, dtype, level
     assert ((y.double() - exact).abs() <= bound).all()
 
 
-@pytest.mark.parametrize("level", gemv.LEVELS)
+@pytest.mark.parametrize("level", kernels.LEVELS)
 def test_bf16_rounds_to_nearest_even_as_torch_does(level):
     """Sums that land between two bf16 values, at the halfway point and beside it, and NaN: the kernel's
     rounding against torch's own cast of the same float32 sums (exact here: one product per output)."""
@@ -111,7 +111,8 @@ def test_bf16_rounds_to_nearest_even_as_torch_does(level):
     bias = torch.tensor(halfway, dtype=torch.float32) - 1.0
     bias[-1] = float("nan")
     x = torch.stack([one, torch.tensor(0.0, dtype=torch.bfloat16)])[None]
-    y = gemv.product(x, gemv.pack(w, level), torch.nn.functional.pad(bias, (0, gemv.tile(level) - n)), n, level)
+    y = kernels.product(x, kernels.pack(w, level), torch.nn.functional.pad(bias, (0, kernels.tile(level) - n)), n,
+                        level)
     expected = (torch.ones(n) + bias).to(torch.bfloat16)
     assert torch.equal(y[0, :-1], expected[:-1]) and y[0, -1].isnan()
 
@@ -125,7 +126,7 @@ def test_leading_dimensions_and_special_values(dtype, level):
     x[0, 0, 5] = float("inf")
     w[1, 5] = 0.0  # inf * 0: NaN, as in any product
     w[2, 5] = -1.0
-    y = gemv.product(x, gemv.pack(w, level), None, 3, level)
+    y = kernels.product(x, kernels.pack(w, level), None, 3, level)
     assert y.shape == (1, 1, 3)
     assert y[0, 0, 0].isinf() == (w[0, 5] != 0) and y[0, 0, 1].isnan() and y[0, 0, 2] == float("-inf")
 
@@ -134,29 +135,29 @@ def test_leading_dimensions_and_special_values(dtype, level):
 def test_bad_inputs_are_refused(dtype, level):
     if not runs_here(level):
         return
-    w = gemv.pack(torch.randn(20, 64).to(dtype), level)
+    w = kernels.pack(torch.randn(20, 64).to(dtype), level)
     with pytest.raises(RuntimeError, match="do not match"):
-        gemv.product(torch.randn(1, 96).to(dtype), w, None, 20, level)
+        kernels.product(torch.randn(1, 96).to(dtype), w, None, 20, level)
     other = torch.float32 if dtype == torch.bfloat16 else torch.bfloat16
     with pytest.raises(RuntimeError, match="of x's dtype"):
-        gemv.product(torch.randn(1, 64).to(other), w, None, 20, level)
+        kernels.product(torch.randn(1, 64).to(other), w, None, 20, level)
     with pytest.raises(RuntimeError, match="2-d bf16 or float32"):
-        gemv.product(torch.randn(1, 64).to(torch.float64), w, None, 20, level)
+        kernels.product(torch.randn(1, 64).to(torch.float64), w, None, 20, level)
     with pytest.raises(RuntimeError, match="padded"):
-        gemv.product(torch.randn(1, 64).to(dtype), w, torch.zeros(20), 20, level)
+        kernels.product(torch.randn(1, 64).to(dtype), w, torch.zeros(20), 20, level)
     other = 2 if level == 1 else 1  # tiles of the other width
     if other <= cpu_level():
         with pytest.raises(RuntimeError, match=f"packed by gemv.pack for level {other}"):
-            gemv.product(torch.randn(1, 64).to(dtype), w, None, 20, other)
+            kernels.product(torch.randn(1, 64).to(dtype), w, None, 20, other)
     with pytest.raises(RuntimeError, match="level 4: 1"):
-        gemv.product(torch.randn(1, 64).to(dtype), w, None, 20, 4)
+        kernels.product(torch.randn(1, 64).to(dtype), w, None, 20, 4)
 
 
 def test_the_pip_ninja_is_found_when_the_environment_is_not_activated(monkeypatch):
     import ninja
 
     monkeypatch.setenv("PATH", "/nowhere")
-    gemv._find_ninja()
+    kernels.build._find_ninja()
     assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
     assert shutil.which("ninja") is not None
 
@@ -170,8 +171,8 @@ def test_the_package_ships_every_file_the_builder_reads():
 
     root = Path(__file__).resolve().parents[1]
     listed = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    patterns = listed["nativevl.model"]
-    included = re.findall(r'#include "([^"]+)"', gemv.SOURCE.read_text())
-    assert set(included) == {h.name for h in gemv.HEADERS}  # the builder's hash covers every header
-    for name in [gemv.SOURCE.name, *included]:
+    patterns = listed["nativevl.kernels"]
+    included = re.findall(r'#include "([^"]+)"', kernels.SOURCE.read_text())
+    assert set(included) == {h.name for h in kernels.HEADERS}  # the builder's hash covers every header
+    for name in [kernels.SOURCE.name, *included]:
         assert any(fnmatch.fnmatch(name, p) for p in patterns), f"{name} is not in the package data"

@@ -15,7 +15,7 @@ from transformers import (
 from nativevl import InternVL
 from nativevl.infer.generate import GenerationConfig, generate, process_logits
 
-KERNEL = "nativevl_cpu::gemv"  # the few-row kernel (model/gemv.py) as the profiler names it
+KERNEL = "nativevl_cpu::gemv"  # the few-row kernel (nativevl/kernels/gemv.py) as the profiler names it
 ATTENTION = "nativevl_cpu::attention"  # its bf16 attention for prompts
 
 
@@ -155,7 +155,7 @@ def test_compiled_prepacked_decoder_generates_what_transformers_does(pair):
     or AVX-512, else `nativevl::packed_product`); greedy tokens equal transformers'."""
     import copy
 
-    from nativevl.model import gemv
+    from nativevl import kernels as gemv
     from nativevl.model.layers import prepack_linears
 
     hf, ours = pair
@@ -179,7 +179,7 @@ def test_compiled_bf16_decoder_runs_the_few_row_kernel(pair):
     import copy
 
     from nativevl.infer.chat import prepack_model
-    from nativevl.model import gemv
+    from nativevl import kernels as gemv
 
     _, ours = pair
     eager = copy.deepcopy(ours).to(torch.bfloat16)
@@ -255,8 +255,9 @@ def test_prepacked_weights_generate_what_transformers_does(pair):
     fall back to their own weights."""
     import copy
 
-    from nativevl.model import gemv
-    from nativevl.model.layers import KERNEL_MAX_ROWS, PACKED_MAX_ROWS, prepack_linears
+    from nativevl import kernels as gemv
+    from nativevl.kernels import KERNEL_MAX_ROWS, PACKED_MAX_ROWS
+    from nativevl.model.layers import prepack_linears
 
     hf, ours = pair
     model = copy.deepcopy(ours)
@@ -310,8 +311,9 @@ def test_prepacked_bf16_follows_the_cpu(pair, monkeypatch):
     import copy
 
     from nativevl.infer.chat import prepack_model
-    from nativevl.model import gemv
-    from nativevl.model.layers import BF16_PACKED_MIN_ROWS, KERNEL_MAX_ROWS, prepack_linears
+    from nativevl import kernels as gemv
+    from nativevl.kernels import BF16_PACKED_MIN_ROWS, KERNEL_MAX_ROWS
+    from nativevl.model.layers import prepack_linears
 
     _, ours = pair
     plain = copy.deepcopy(ours).to(torch.bfloat16)
@@ -404,7 +406,7 @@ def test_prepacked_bf16_prompts_run_the_attention_kernel(pair):
     import copy
 
     from nativevl.infer.chat import prepack_model
-    from nativevl.model import gemv
+    from nativevl import kernels as gemv
 
     _, ours = pair
     plain = copy.deepcopy(ours).to(torch.bfloat16)

@@ -1,7 +1,8 @@
 """Causal attention for the language model, one function with its backends:
 
 - dense: `scaled_dot_product_attention` with the causal flag, or a boolean mask (padding, KV cache offsets);
-  for a bf16 prompt on a CPU with AVX-512 BF16, after `prepack_linears`, nativevl's kernel (model/gemv.py);
+  for a bf16 prompt on a CPU with AVX-512 BF16, after `prepack_linears`, nativevl's kernel
+  (nativevl/kernels/bf16_attention.py);
 - packed (`cu_seqlens`, one row holding several samples): no token attends across samples. On CUDA in half
   precision through torch's variable-length flash kernel; elsewhere one causal SDPA call per sample, which
   is exact (and on CPU faster than one call with a block-diagonal mask).
@@ -16,7 +17,7 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
-from nativevl.model import gemv
+from nativevl import kernels
 
 
 @dataclass
@@ -47,10 +48,11 @@ def _varlen_options() -> frozenset[str] | None:
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: AttentionInputs, dropout: float = 0.0,
            kernel: bool = False) -> torch.Tensor:
     """q (B, H, Lq, D), k/v (B, Hkv, Lk, D) -> (B, H, Lq, D). `kernel`: a bf16 prompt on CPU may use nativevl's
-    attention kernel (model/gemv.py; `prepack_linears` turns it on where the CPU has AVX-512 BF16)."""
+    attention kernel (nativevl/kernels/bf16_attention.py; `prepack_linears` turns it on where the CPU has
+    AVX-512 BF16)."""
     gqa = k.shape[1] != q.shape[1]
-    if kernel and a.segments is None and dropout == 0.0 and gemv.attention_takes(q, k, v, a.mask):
-        return gemv.attention(q, k, v, a.mask, a.is_causal)
+    if kernel and a.segments is None and dropout == 0.0 and kernels.attention_takes(q, k, v, a.mask):
+        return kernels.attention(q, k, v, a.mask, a.is_causal)
     if gqa and q.shape[2] == 1 and not a.is_causal and a.segments is None and q.device.type == "cpu":
         # Decoding (one query per row): a key/value head's group of query heads can be rows of one head, as
         # nothing orders them causally. torch's CPU kernels run this 1.4-12x faster than with enable_gqa (bf16,

@@ -13,8 +13,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nativevl.config import TextConfig
+from nativevl.kernels import PackedLinear
 from nativevl.model.attention import AttentionInputs, attend
-from nativevl.model.layers import PackedLinear, RMSNorm, activation
+from nativevl.model.layers import RMSNorm, activation
 
 
 # --- rotary position embedding ------------------------------------------------------------------------------
@@ -188,7 +189,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.num_kv_heads * hd, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.num_heads * hd, d, bias=False)
         self.packed: PackedLinear | None = None
-        self.kernel_attention = False  # CPU bf16 prompts on nativevl's kernel (model/gemv.py): prepack_linears
+        self.kernel_attention = False  # CPU bf16 prompts on nativevl's kernel (nativevl/kernels): prepack_linears
 
     def forward(self, x: torch.Tensor, a: AttentionInputs, cache: KVCache | None) -> torch.Tensor:
         b, length, _ = x.shape

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from nativevl import kernels
 from nativevl.config import VisionConfig
-from nativevl.model import gemv
 from nativevl.model.layers import DropPath, RMSNorm, activation, make_norm
 
 
@@ -60,7 +60,7 @@ class VisionAttention(nn.Module):
         if cfg.qk_normalization:
             self.q_norm = RMSNorm(c, eps=cfg.layer_norm_eps)
             self.k_norm = RMSNorm(c, eps=cfg.layer_norm_eps)
-        self.kernel_attention = False  # CPU bf16 inference on nativevl's kernel (model/gemv.py): prepack_linears
+        self.kernel_attention = False  # CPU bf16 inference on nativevl's kernel (nativevl/kernels): prepack_linears
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, length, c = x.shape
@@ -69,8 +69,8 @@ class VisionAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.view(n, length, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))
         dropout = self.dropout if self.training else 0.0
-        if self.kernel_attention and dropout == 0.0 and gemv.attention_takes(q, k, v):
-            out = gemv.attention(q, k, v)
+        if self.kernel_attention and dropout == 0.0 and kernels.attention_takes(q, k, v):
+            out = kernels.attention(q, k, v)
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # bidirectional within a tile
         return self.proj(out.transpose(1, 2).reshape(n, length, c))

@@ -1,4 +1,4 @@
-// The few-row product's loops, written once for any register width: gemv.cpp includes this file once per
+// The few-row product's loops, written once for any register width: cpu.cpp includes this file once per
 // instruction set, inside that set's target pragma and namespace, after defining `Isa` there (its vector
 // types, lane count, rows per pass and the few intrinsics below). No include guard on purpose.
 //

@@ -1,4 +1,4 @@
-// bf16 attention for CPU prompts on VDPBF16PS (level 3), built from gemv_tiles.h's loops: gemv.cpp includes
+// bf16 attention for CPU prompts on VDPBF16PS (level 3), built from gemv_tiles.h's loops: cpu.cpp includes
 // this file inside namespace avx512, after gemv_tiles.h. No include guard on purpose.
 //
 // Per block of up to kBlock (32) query rows of one head, all in L1/L2:

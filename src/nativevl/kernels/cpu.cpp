@@ -1,6 +1,9 @@
-// Products of a few rows for CPU decode: y = x @ W.T + b for the 1 to a few dozen rows of a decode step, at
-// the speed memory can deliver W, in bf16 and float32. Built on first use by nativevl/model/gemv.py
-// (torch.utils.cpp_extension) and registered as torch.ops.nativevl_cpu.gemv.
+// nativevl's CPU kernels, one library built on first use by nativevl/kernels/build.py
+// (torch.utils.cpp_extension) and registered as torch.ops.nativevl_cpu: gemv (below) and attention (at the end).
+//
+// torch.ops.nativevl_cpu.gemv, products of a few rows for CPU decode (Python side: nativevl/kernels/gemv.py):
+// y = x @ W.T + b for the 1 to a few dozen rows of a decode step, at the speed memory can deliver W, in bf16
+// and float32.
 //
 // Why: a decode step reads every weight once per token, so at a few rows it is bound by read bandwidth, and
 // oneDNN's packed products fell short of it (bf16, one row: W read at 22-25 GB/s where a plain read reached
@@ -16,8 +19,9 @@
 // Only the loops get the instruction sets (target pragmas), so the library loads on any x86-64 CPU;
 // gemv_level() says which this one runs. Elsewhere the file builds and says 0.
 //
-// torch.ops.nativevl_cpu.attention: bf16 attention for prompts on the level-3 loops (attention_tiles.h):
-// torch's CPU flash kernel ran the 1B's ViT attention at a quarter of the bf16 matmul rate.
+// torch.ops.nativevl_cpu.attention: bf16 attention for prompts on the level-3 loops (attention_tiles.h; Python
+// side: nativevl/kernels/bf16_attention.py): torch's CPU flash kernel ran the 1B's ViT attention at a quarter
+// of the bf16 matmul rate.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
