@@ -29,6 +29,7 @@ from nativevl.infer import chat as chat_api
 from nativevl.infer.chat import History, check_tokenizer, speed_up
 from nativevl.infer.generate import GenerationConfig
 from nativevl.model.internvl import InternVLModel
+from nativevl.model.quant import QuantConfig, quantize
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
 from nativevl.weights import load_model, save_model
 
@@ -46,6 +47,11 @@ class InternVL(InternVLModel):
     def save_pretrained(self, path: str | Path, layout: str = "original", max_shard_size: str | int = "5GB") -> None:
         """Write config.json and safetensors in `layout` ("original" or "transformers"), sharded past the size."""
         save_model(self, path, layout=layout, max_shard_size=max_shard_size)
+
+    def quantize(self, config: str | QuantConfig = "int4") -> InternVL:
+        """The language model's linear layers as int8 ("int8") or int4 ("int4") codes, in place (model/quant.py);
+        `save_pretrained` then writes a quantized checkpoint that `from_pretrained` reads back."""
+        return quantize(self, config)
 
     def chat(self, tokenizer: InternVLTokenizer, pixel_values: torch.Tensor | None, question: str,
              generation_config: dict[str, Any] | GenerationConfig | None = None,
@@ -75,9 +81,11 @@ class Pipeline:
         v2pe_delta: float | None = None,
         compile: bool = False,
         prepack: bool = False,
+        quantize: str | None = None,
     ) -> None:
         device = check_device(device)  # 'gpu', or cuda on a machine without one: one line before anything loads
-        self.model = speed_up(InternVL.from_pretrained(path, dtype=dtype, device=device).eval(), prepack, compile)
+        self.model = speed_up(InternVL.from_pretrained(path, dtype=dtype, device=device).eval(), prepack, compile,
+                              quantize)
         self.tokenizer = load_tokenizer(path)
         check_tokenizer(self.model, self.tokenizer)
         self.max_num = max_num or self.model.config.max_dynamic_patch

@@ -70,7 +70,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
     if args.prm and not args.best_of:
         raise ValueError("--prm scores Best-of-N candidates: give --best-of N too (e.g. --best-of 8)")
     pipe = Pipeline(args.model, dtype=DTYPES.get(args.dtype), device=args.device, max_num=args.max_num,
-                    v2pe_delta=args.v2pe_delta, compile=args.compile, prepack=args.prepack)
+                    v2pe_delta=args.v2pe_delta, compile=args.compile, prepack=args.prepack,
+                    quantize=args.quantize)
     if args.system is not None:
         pipe.model.config.system_message = args.system
     settings = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
@@ -168,7 +169,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from nativevl.api import Pipeline
     from nativevl.infer.prm import ProcessRewardModel
 
-    pipe = Pipeline(args.model, dtype=DTYPES.get(args.dtype), device=args.device)
+    pipe = Pipeline(args.model, dtype=DTYPES.get(args.dtype), device=args.device, quantize=args.quantize)
     prm = ProcessRewardModel(args.prm, aggregation=args.prm_aggregation) if args.prm else None
     rows: list = []
     if args.world:
@@ -246,12 +247,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
                       max_model_len=args.max_model_len, default_max_tokens=args.default_max_tokens, max_n=args.max_n,
                       allowed_local_media_path=args.allowed_local_media_path,
                       allow_remote_images=args.allow_remote_images, dtype=DTYPES.get(args.dtype), device=args.device,
-                      v2pe_delta=args.v2pe_delta, compile=args.compile, prepack=args.prepack)
+                      v2pe_delta=args.v2pe_delta, compile=args.compile, prepack=args.prepack,
+                      quantize=args.quantize)
     serve(cfg, args.host, args.port, args.graceful_timeout)
+
+
+def _quantize_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=["int8", "int4"], help="quantize the language model's linear layers on "
+                   "load: int8 per output channel, int4 in groups of 128 (AWQ's format); a quantized checkpoint "
+                   "needs no flag (docs/quantization.md)")
 
 
 def _speed_options(p: argparse.ArgumentParser) -> None:
     """`chat` and `serve`'s opt-in speed switches (infer/chat.py `speed_up`)."""
+    _quantize_option(p)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the language model: faster decoding after a compilation of a minute or two")
     p.add_argument("--prepack", action="store_true",
@@ -320,6 +329,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
     p.add_argument("--device", help="cpu, cuda, … (default cpu)")
     p.add_argument("--out", metavar="FILE", help="write the table and every reply as JSON")
+    _quantize_option(p)
     p.set_defaults(func=cmd_eval)
 
 

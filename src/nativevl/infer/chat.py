@@ -16,6 +16,7 @@ from nativevl.data.v2pe import v2pe_positions
 from nativevl.infer.generate import GenerationConfig, generate, generate_steps
 from nativevl.model.internvl import InternVLModel
 from nativevl.model.layers import prepack_linears
+from nativevl.model.quant import QuantConfig, quantize_once
 from nativevl.tokenizer import InternVLTokenizer
 
 History = list[tuple[str, str]]
@@ -253,14 +254,19 @@ def prepack_model(model: InternVLModel) -> int:
             + prepack_linears(model.language_model))
 
 
-def speed_up(model: InternVLModel, prepack: bool = False, compile: bool = False) -> InternVLModel:
+def speed_up(model: InternVLModel, prepack: bool = False, compile: bool = False,
+             quantize: str | QuantConfig | None = None) -> InternVLModel:
     """The opt-in speed switches of `chat` and `serve` (docs/inference.md), applied after loading and casting.
 
+    quantize: "int8" or "int4" (or a QuantConfig): the language model's linear layers as int8/int4 codes
+    (model/quant.py), first, so that prepack packs what stays float.
     prepack: on CPU (float32 or bf16), multiply with oneDNN-packed copies of the weights (model/layers.py).
     compile: gpt-fast's recipe, the whole decoder compiled so the small operations between the matrix products
     fuse; dynamic shapes make one compilation serve every prompt length, cache length and batch size. (On CUDA
     the faster route is a CUDA-graph decode, `infer.generate.GraphDecoder`; it becomes this switch's CUDA path
     once it has run on a GPU: see docs/benchmarks.md.)"""
+    if quantize is not None:
+        quantize_once(model, quantize)
     if prepack:
         prepack_model(model)
     if compile:

@@ -16,7 +16,7 @@ import torch
 
 SOURCE = Path(__file__).with_name("cpu.cpp")
 # the loops, included once per instruction set (the attention's at AVX-512 BF16 only)
-HEADERS = [SOURCE.with_name(name) for name in ("gemv_tiles.h", "attention_tiles.h")]
+HEADERS = [SOURCE.with_name(name) for name in ("gemv_tiles.h", "attention_tiles.h", "quant_tiles.h")]
 # The instruction sets the kernels are compiled for (cpu.cpp): W's tiles are 24 outputs wide at level 1, 48 above
 LEVELS = {1: "AVX2 + FMA", 2: "AVX-512", 3: "AVX-512 BF16"}
 
@@ -54,6 +54,7 @@ def built() -> bool:
     # the outputs' shapes, for torch.compile
     torch.library.register_fake("nativevl_cpu::gemv")(_gemv_shape)
     torch.library.register_fake("nativevl_cpu::attention")(_attention_shape)
+    torch.library.register_fake("nativevl_cpu::quant_gemv")(_quant_shape)
     return True
 
 
@@ -67,6 +68,11 @@ def _find_ninja() -> None:
 
 
 def _gemv_shape(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: int, level: int) -> torch.Tensor:
+    return x.new_empty(x.shape[0], n)
+
+
+def _quant_shape(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor,
+                 bias: torch.Tensor | None, n: int, bits: int, group_steps: int) -> torch.Tensor:
     return x.new_empty(x.shape[0], n)
 
 

@@ -52,10 +52,11 @@ def cpu_multiplies_bf16() -> bool:
 
 def packable(layers: list[nn.Linear]) -> bool:
     """Whether `layers` can share one `PackedLinear`: nn.Linear layers on CPU, float32 or bf16, of one dtype and
-    input width."""
+    input width (not a QuantLinear: its codes have a product of their own)."""
+    if not all(isinstance(layer, nn.Linear) for layer in layers):
+        return False
     weights = [layer.weight for layer in layers]
-    return (all(isinstance(layer, nn.Linear) for layer in layers)
-            and len({(w.dtype, w.device.type, w.shape[1]) for w in weights}) == 1
+    return (len({(w.dtype, w.device.type, w.shape[1]) for w in weights}) == 1
             and weights[0].device.type == "cpu" and weights[0].dtype in (torch.float32, torch.bfloat16))
 
 

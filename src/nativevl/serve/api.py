@@ -81,6 +81,7 @@ class ServeConfig:
     v2pe_delta: float | None = None
     compile: bool = False  # torch.compile the language model (dynamic shapes): faster decode after a warm-up
     prepack: bool = False  # CPU: oneDNN-packed Linear weights (a second copy of them)
+    quantize: str | None = None  # "int8" / "int4": the language model's linear layers quantized on load
 
 
 class ApiError(Exception):
@@ -278,7 +279,7 @@ class Server:
         self.cfg = cfg
         device = check_device(cfg.device)  # one line for 'gpu' or a device this machine lacks, before loading
         self.model = speed_up(load_model(cfg.model, dtype=cfg.dtype, device=device).eval(),
-                              cfg.prepack, cfg.compile)
+                              cfg.prepack, cfg.compile, cfg.quantize)
         self.tokenizer: InternVLTokenizer = load_tokenizer(cfg.model)
         check_tokenizer(self.model, self.tokenizer)
         self.name = cfg.model_name or model_id(cfg.model)

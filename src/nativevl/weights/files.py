@@ -23,6 +23,8 @@ from nativevl.device import check_device
 from nativevl.model.internvl import InternVLModel
 from nativevl.weights.configs import config_to_dict, read_config
 from nativevl.weights.errors import LAYOUTS, CheckpointError
+from nativevl.model.quant import QuantConfig, quantized_structure
+from nativevl.weights.quantized import awq_shapes, from_awq, quantization_dict, read_quantization
 from nativevl.weights.names import from_internlm2, from_transformers, legacy_name, to_internlm2, to_transformers
 
 M = TypeVar("M", bound=InternVLModel)
@@ -144,7 +146,12 @@ def load_model(
         if not cfg.text.tie_word_embeddings:
             with torch.device("meta"):
                 model = model_class(cfg)
+    quant = read_quantization(json.loads((folder / "config.json").read_text()), folder)
+    if quant is not None:  # the linear layers the folder holds as codes, built empty on the meta device
+        quantized_structure(model, quant[0])
     expected = _expected_in_layout(model, layout)
+    if quant is not None and quant[1] == "awq":
+        expected = awq_shapes(expected)
     if cfg.text.tie_word_embeddings:  # a stored copy of a tied head is not read
         for name in [n for n, legacy in names.items() if legacy == "language_model.lm_head.weight"]:
             del files[name], names[name]
@@ -155,11 +162,13 @@ def load_model(
         state = from_transformers(state)
     elif cfg.text.architecture == "InternLM2ForCausalLM":
         state = from_internlm2(state, cfg.text)
+    if quant is not None and quant[1] == "awq":
+        state = from_awq(state)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=True)  # keys were checked above; a tied head is absent
     model.language_model.tie_weights()
-    left = [name for name, p in model.named_parameters() if p.is_meta]
+    left = [name for name, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if left:
         raise CheckpointError(f"{folder}: no weights were read for {', '.join(left)}")
     return model
@@ -215,11 +224,12 @@ def parse_size(size: str | int) -> int:
 
 def save_model(model: InternVLModel, path: str | Path, layout: str = "original", max_shard_size: str | int = "5GB") -> None:
     """Write config.json and safetensors (sharded with an index past `max_shard_size`)."""
-    save_state(own_state_dict(model), model.config, path, layout, max_shard_size)
+    save_state(own_state_dict(model), model.config, path, layout, max_shard_size,
+               quantization=getattr(model, "quantization", None))
 
 
 def save_state(state: dict[str, torch.Tensor], config: ModelConfig, path: str | Path, layout: str = "original",
-               max_shard_size: str | int = "5GB") -> None:
+               max_shard_size: str | int = "5GB", quantization: QuantConfig | None = None) -> None:
     """Write a full state dict under nativevl's (original) names, e.g. one gathered from FSDP2 shards."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -227,10 +237,16 @@ def save_state(state: dict[str, torch.Tensor], config: ModelConfig, path: str | 
     folder.mkdir(parents=True, exist_ok=True)
     if config.text.tie_word_embeddings:
         state = {k: v for k, v in state.items() if k != "language_model.lm_head.weight"}
-    dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    if quantization is not None and layout == "transformers" and "vision_model" in quantization.parts:
+        raise ValueError("a quantized vision tower is written in the original layout only (the transformers layout "
+                         "splits its q/k/v)")
+    dtype = str(next(v for v in state.values() if v.is_floating_point()).dtype).removeprefix("torch.")
     state = _to_layout(state, config, layout)
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    (folder / "config.json").write_text(json.dumps(config_to_dict(config, layout, dtype), indent=2) + "\n")
+    config_json = config_to_dict(config, layout, dtype)
+    if quantization is not None:
+        config_json["quantization_config"] = quantization_dict(quantization)
+    (folder / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
     for stale in [*folder.glob("model-*-of-*.safetensors"), folder / INDEX_FILE, folder / SINGLE_FILE]:
         stale.unlink(missing_ok=True)
     _write_shards(state, folder, parse_size(max_shard_size))

@@ -1,0 +1,203 @@
+"""Weight-only quantization: per-output-channel int8 and group-wise int4 linear layers (`QuantLinear`), and the
+switch that puts them in a model (`quantize`).
+
+One format for every bit width: each output's k values fall in groups of `group_size` (int8's default, one
+group per output: per-channel); a group has a float scale s and an integer zero point z, and a weight is
+stored as an unsigned code q with w = (q - z) * s. Asymmetric groups take z and s from the group's min and
+max (AutoAWQ's rule, so a released AWQ checkpoint is this format after unpacking); symmetric ones fix z at
+the middle code (8 or 128) and s = max|w| / (2^(bits-1) - 1), so that 0 stays exactly 0.
+
+Storage, in the state dict and in checkpoints (docs/quantization.md): `qweight` uint8 (out, in) at 8 bits,
+(out, in/2) at 4 bits with input 2j in the low nibble and 2j+1 in the high one; `scales` (out, groups) in the
+model's float dtype; `qzeros` uint8 (out, groups). Products: a few rows on CPU read the codes directly in
+nativevl's kernel (kernels/quant.py; packed on first use); anything else dequantizes the weight in the
+input's dtype and multiplies as nn.Linear does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The parts of an InternVL model `quantize` may convert, by their module names.
+PARTS = ("language_model", "mlp1", "vision_model")
+# Never converted: the output head and the embeddings keep the model's dtype (as AutoAWQ and transformers'
+# AWQ checkpoints leave lm_head), the head because its error lands on every logit.
+KEEP = ("language_model.lm_head",)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How to quantize: `bits` 8 or 4; `group_size` k values per scale (0: one group per output channel);
+    `symmetric`; `parts` of the model to convert (default the language model's decoder layers)."""
+
+    bits: int = 4
+    group_size: int = 128
+    symmetric: bool = False
+    parts: tuple[str, ...] = ("language_model",)
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8):
+            raise ValueError(f"quantization bits must be 8 or 4, got {self.bits}")
+        if self.group_size < 0 or (self.group_size and self.group_size % 2):
+            raise ValueError(f"quantization group_size must be 0 (per channel) or a positive even number, "
+                             f"got {self.group_size}")
+        unknown = set(self.parts) - set(PARTS)
+        if unknown or not self.parts:
+            raise ValueError(f"quantization parts must be some of {', '.join(PARTS)}, got {', '.join(self.parts)}")
+
+    @classmethod
+    def named(cls, name: str) -> QuantConfig:
+        """`int8`: per-channel, symmetric; `int4`: groups of 128, asymmetric (AWQ's format)."""
+        presets = {"int8": cls(bits=8, group_size=0, symmetric=True), "int4": cls(bits=4, group_size=128)}
+        if name not in presets:
+            raise ValueError(f"quantize must be one of {', '.join(presets)}, got {name!r}")
+        return presets[name]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "parts": list(self.parts)}
+
+
+def group_of(in_features: int, group_size: int) -> int:
+    """The k values per group for a layer of `in_features` inputs: 0, or a group wider than the row, is the
+    whole row."""
+    return min(group_size or in_features, in_features)
+
+
+def quantize_weight(weight: torch.Tensor, bits: int, group: int, symmetric: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, in) float -> codes uint8 (out, in) in [0, 2^bits), scales float32 (out, groups), zeros uint8."""
+    out_features, in_features = weight.shape
+    if in_features % group:
+        raise ValueError(f"group size {group} does not divide the layer's {in_features} inputs")
+    w = weight.detach().float().reshape(out_features, in_features // group, group)
+    top = 2**bits - 1
+    if symmetric:
+        half = 2 ** (bits - 1)
+        scales = w.abs().amax(-1) / (half - 1)
+        zeros = torch.full_like(scales, half)
+    else:  # AutoAWQ's pseudo_quantize_tensor: the group's [min, max] onto [0, top]
+        low, high = w.amin(-1), w.amax(-1)
+        scales = (high - low).clamp(min=1e-5) / top
+        zeros = (-torch.round(low / scales)).clamp(0, top)
+    scales = torch.where(scales == 0, torch.ones_like(scales), scales)  # an all-zero group
+    codes = (torch.round(w / scales[..., None]) + zeros[..., None]).clamp(0, top)
+    return codes.reshape(out_features, in_features).to(torch.uint8), scales, zeros.to(torch.uint8)
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """uint8 codes (out, in) in [0, 16) -> (out, in/2): input 2j in the low nibble, 2j+1 in the high."""
+    return codes[:, 0::2] | (codes[:, 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of `pack_int4`."""
+    return torch.stack([packed & 15, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
+
+
+class QuantLinear(nn.Module):
+    """nn.Linear with weight-only int8 or int4 codes (module docstring); bias, if any, in float."""
+
+    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int, bias: bool,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        group = group_of(in_features, group_size)
+        if in_features % group or (bits == 4 and in_features % 2):
+            raise ValueError(f"a {bits}-bit layer of {in_features} inputs cannot have groups of {group}")
+        self.in_features, self.out_features, self.bits, self.group = in_features, out_features, bits, group
+        width = in_features if bits == 8 else in_features // 2
+        groups = in_features // group
+        self.register_buffer("qweight", torch.zeros(out_features, width, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, groups, dtype=dtype, device=device))
+        self.register_buffer("qzeros", torch.zeros(out_features, groups, dtype=torch.uint8, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+        self._kernel: tuple | None = None  # the few-row kernel's copy (kernels/quant.py), made on first use
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear, config: QuantConfig) -> QuantLinear:
+        group = group_of(layer.in_features, config.group_size)
+        codes, scales, zeros = quantize_weight(layer.weight, config.bits, group, config.symmetric)
+        q = cls(layer.in_features, layer.out_features, config.bits, group, layer.bias is not None,
+                dtype=layer.weight.dtype, device=layer.weight.device)
+        q.qweight.copy_(codes if config.bits == 8 else pack_int4(codes))
+        q.scales.copy_(scales)
+        q.qzeros.copy_(zeros)
+        if layer.bias is not None:
+            q.bias.data.copy_(layer.bias.detach())
+        return q
+
+    def codes(self) -> torch.Tensor:
+        """uint8 (out, in) codes."""
+        return self.qweight if self.bits == 8 else unpack_int4(self.qweight)
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The (out, in) weight (q - z) * s, computed in float32 and returned in `dtype` (default the scales')."""
+        codes = self.codes().float().view(self.out_features, -1, self.group)
+        w = (codes - self.qzeros.float()[..., None]) * self.scales.float()[..., None]
+        return w.reshape(self.out_features, self.in_features).to(dtype or self.scales.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from nativevl.kernels import quant as kernel  # the kernels room is below the model's; lazy: built on use
+
+        rows = x.numel() // x.shape[-1]
+        if x.device.type == "cpu" and rows <= kernel.MAX_ROWS and kernel.available(x.dtype):
+            if self._kernel is None or self._kernel[0] is not self.qweight:
+                self._kernel = (self.qweight, *kernel.pack(self))
+            return kernel.product(x, self._kernel[1:], self.bias, self.out_features, self.bits)
+        return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, " \
+               f"group={self.group}, bias={self.bias is not None}"
+
+
+def _targets(model: nn.Module, parts: tuple[str, ...]) -> list[tuple[str, nn.Linear]]:
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and name.split(".")[0] in parts and name not in KEEP]
+
+
+def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+@torch.no_grad()
+def quantize(model: nn.Module, config: QuantConfig | str) -> nn.Module:
+    """Replace the linear layers of `config.parts` (default: the language model's, not its head) by
+    `QuantLinear`s quantized from their weights, in place; records `model.quantization`. Returns the model."""
+    config = QuantConfig.named(config) if isinstance(config, str) else config
+    if getattr(model, "quantization", None) is not None:
+        raise ValueError("the model is quantized already")
+    for name, layer in _targets(model, config.parts):
+        try:
+            _swap(model, name, QuantLinear.from_linear(layer, config))
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    model.quantization = config
+    return model
+
+
+def quantized_structure(model: nn.Module, config: QuantConfig) -> nn.Module:
+    """`quantize`'s module structure with empty codes (on the model's device, meta for loading): what a
+    quantized checkpoint is read into."""
+    for name, layer in _targets(model, config.parts):
+        _swap(model, name, QuantLinear(layer.in_features, layer.out_features, config.bits, config.group_size,
+                                       layer.bias is not None, dtype=layer.weight.dtype, device=layer.weight.device))
+    model.quantization = config
+    return model
+
+
+def quantize_once(model: nn.Module, config: QuantConfig | str) -> nn.Module:
+    """`quantize`, unless the model is already quantized in `config`'s bits (a quantized checkpoint loaded with
+    --quantize); another width is refused, since re-quantizing codes would add a second rounding."""
+    config = QuantConfig.named(config) if isinstance(config, str) else config
+    have = getattr(model, "quantization", None)
+    if have is None:
+        return quantize(model, config)
+    if have.bits != config.bits:
+        raise ValueError(f"the checkpoint is quantized to {have.bits} bits already; it cannot be quantized to "
+                         f"{config.bits} (load its float original for that)")
+    return model
