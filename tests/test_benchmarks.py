@@ -28,13 +28,17 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "server": ("benchmarks/serve.py", ["--preset", "tiny", "--clients", "2", "--requests", "2", "--max-tokens", "2",
                                        "--repeats", "1", "--serve-flags=--prepack"]),
     "CUDA paths on the CPU": ("benchmarks.gpu_check", ["cpu"]),
+    "quantized weights": ("benchmarks.quant", ["--preset", "tiny", "--repeats", "1", "--steps", "1", "--batches", "1,2",
+                                               "--prompt", "16", "--continuation", "4",
+                                               "--formats", "bf16,int8,int4,int4-all"]),
 }
 HEADINGS = {"every suite": ["read bandwidth", "## Time to first token", "## Decode", "## One attention layer",
                             "## Image preprocessing", "## Training, packed vs padded", "## One training step"],
             "bf16 with --compile": ["## Time to first token", "nativevl --compile", "nativevl --prepack --compile"],
             "loss memory": ["| whole logits | 192 |", "| chunks of 64 | 192 |"],
             "server": ["| one at a time |", "| 2 concurrent clients |"],
-            "CUDA paths on the CPU": ["all CUDA checks passed"]}
+            "CUDA paths on the CPU": ["all CUDA checks passed"],
+            "quantized weights": ["## Decode", "| int4-all | 2 |", "## Prompts", "## Against bf16"]}
 
 
 def command(target: str, args: list[str], out: Path | None = None) -> list[str]:
