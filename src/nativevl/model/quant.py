@@ -9,9 +9,9 @@ the middle code (8 or 128) and s = max|w| / (2^(bits-1) - 1), so that 0 stays ex
 
 Storage, in the state dict and in checkpoints (docs/quantization.md): `qweight` uint8 (out, in) at 8 bits,
 (out, in/2) at 4 bits with input 2j in the low nibble and 2j+1 in the high one; `scales` (out, groups) in the
-model's float dtype; `qzeros` uint8 (out, groups). Products: a few rows on CPU read the codes directly in
-nativevl's kernel (kernels/quant.py; packed on first use); anything else dequantizes the weight in the
-input's dtype and multiplies as nn.Linear does.
+model's float dtype; `qzeros` uint8 (out, groups). Products: on an x86-64 CPU with AVX2 the codes are read
+directly by nativevl's kernel (kernels/quant.py; packed on first use); elsewhere (CUDA, other CPUs) the weight
+is dequantized in the input's dtype and multiplied as nn.Linear does.
 """
 
 from __future__ import annotations
@@ -142,8 +142,7 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from nativevl.kernels import quant as kernel  # the kernels room is below the model's; lazy: built on use
 
-        rows = x.numel() // x.shape[-1]
-        if x.device.type == "cpu" and rows <= kernel.MAX_ROWS and kernel.available(x.dtype):
+        if x.device.type == "cpu" and kernel.available(x.dtype):
             if self._kernel is None or self._kernel[0] is not self.qweight:
                 self._kernel = (self.qweight, *kernel.pack(self))
             return kernel.product(x, self._kernel[1:], self.bias, self.out_features, self.bits)
