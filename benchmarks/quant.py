@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
                          f"{bound / t.median:.0%}"])
     lines += ["## Decode", "", table(["format", "batch", "ms/step", "tok/s", "MB read a step", "of bandwidth bound"],
                                       rows), ""]
+    print("\n".join(lines), flush=True)
+    shown = len(lines)
     prompt = text_ids(first, (1, args.prompt), seed=7)
     tiles = torch.randn(1, 3, first.config.vision.image_size, first.config.vision.image_size, dtype=torch.bfloat16)
     image_ids = torch.cat([torch.full((1, first.config.num_image_token), first.config.img_context_token_id),
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
                               for n, m in models.items()}, args.repeats)
     rows = [[n, f"{args.prompt / prefill[n].median:.0f}", show(ttft[n], 1e3)] for n in models]
     lines += ["## Prompts", "", table(["format", f"prompt tok/s ({args.prompt} tokens)", "TTFT ms (1 tile)"], rows), ""]
+    print("\n".join(lines[shown:]), flush=True)
+    shown = len(lines)
     ref = models.get("bf16")
     if ref is not None:
         prompts = text_ids(ref, (4, 16), seed=11)
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
                                                 "greedy token = bf16's (teacher-forced)",
                                                 f"whole {args.continuation}-token continuation = bf16's"], rows), ""]
     report = "\n".join(lines)
-    print(report)
+    print("\n".join(lines[shown:]), flush=True)
     if args.out:
         args.out.write_text(report + "\n")
 
