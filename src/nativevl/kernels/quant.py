@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nativevl.kernels import gemv
 from nativevl.kernels.build import level
 
 TILE = 24  # outputs per tile: three AVX2 registers of float32 sums
@@ -22,27 +23,23 @@ def available(dtype: torch.dtype) -> bool:
     return dtype in (torch.float32, torch.bfloat16) and level() > 0
 
 
-def pack(layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """A QuantLinear's codes, scales and zeros in the kernel's layout: W (tiles, steps, TILE) bytes (at 4 bits
-    `qweight`'s bytes as they are: two k values each), scales and offsets -z*s (tiles, groups, TILE) float32,
-    outputs zero padded to whole tiles; and the steps per group."""
+def pack(layer: torch.nn.Module) -> tuple:
+    """A QuantLinear in the kernel's layout, made once: W (tiles, steps, TILE) bytes (at 4 bits `qweight`'s
+    bytes as they are: two k values each), scales and offsets -z*s (tiles, groups, TILE) float32, outputs zero
+    padded to whole tiles; the steps per group; the bias in float32, padded likewise (or None)."""
     n = layer.out_features
-    codes = layer.qweight  # (n, steps): one byte per output and step at either width
-    w = F.pad(codes, (0, 0, 0, -n % TILE)).view(-1, TILE, codes.shape[1]).transpose(1, 2).contiguous()
-    scales = layer.scales.float()
-    offsets = -layer.qzeros.float() * scales
 
-    def tiles(t: torch.Tensor) -> torch.Tensor:
+    def tiles(t: torch.Tensor) -> torch.Tensor:  # (n, c) -> (tiles, c, TILE)
         return F.pad(t, (0, 0, 0, -n % TILE)).view(-1, TILE, t.shape[1]).transpose(1, 2).contiguous()
 
+    scales = layer.scales.float()
+    bias = None if layer.bias is None else gemv.pack_bias(layer.bias, 1)  # level 1's tiles are TILE wide
     depth = 1 if layer.bits == 8 else 2
-    return w, tiles(scales), tiles(offsets), layer.group // depth
+    return tiles(layer.qweight), tiles(scales), tiles(-layer.qzeros.float() * scales), layer.group // depth, bias
 
 
-def product(x: torch.Tensor, packed: tuple, bias: torch.Tensor | None, n: int, bits: int) -> torch.Tensor:
-    """x @ W.T + b for x (..., k) float32 or bf16, W packed by `pack`; the result in x's dtype."""
-    w, scales, offsets, group_steps = packed
+def product(x: torch.Tensor, packed: tuple, n: int, bits: int) -> torch.Tensor:
+    """x @ W.T + b for x (..., k) float32 or bf16, W and b packed by `pack`; the result in x's dtype."""
     rows = x.reshape(-1, x.shape[-1])
-    b = None if bias is None else F.pad(bias.float(), (0, -n % TILE))
-    y = torch.ops.nativevl_cpu.quant_gemv(rows, w, scales, offsets, b, n, bits, group_steps)
+    y = torch.ops.nativevl_cpu.quant_gemv(rows, *packed[:3], packed[4], n, bits, packed[3])
     return y.view(*x.shape[:-1], n)

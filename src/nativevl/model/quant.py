@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nativevl.kernels import quant as kernel
+
 # The parts of an InternVL model `quantize` may convert, by their module names.
 PARTS = ("language_model", "mlp1", "vision_model")
 # Never converted: the output head and the embeddings keep the model's dtype (as AutoAWQ and transformers'
@@ -114,7 +116,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("scales", torch.ones(out_features, groups, dtype=dtype, device=device))
         self.register_buffer("qzeros", torch.zeros(out_features, groups, dtype=torch.uint8, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
-        self._kernel: tuple | None = None  # the few-row kernel's copy (kernels/quant.py), made on first use
+        self._kernel: tuple | None = None  # the kernel's copy (kernels/quant.py), made on first use
 
     @classmethod
     def from_linear(cls, layer: nn.Linear, config: QuantConfig) -> QuantLinear:
@@ -140,12 +142,10 @@ class QuantLinear(nn.Module):
         return w.reshape(self.out_features, self.in_features).to(dtype or self.scales.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from nativevl.kernels import quant as kernel  # the kernels room is below the model's; lazy: built on use
-
         if x.device.type == "cpu" and kernel.available(x.dtype):
             if self._kernel is None or self._kernel[0] is not self.qweight:
                 self._kernel = (self.qweight, *kernel.pack(self))
-            return kernel.product(x, self._kernel[1:], self.bias, self.out_features, self.bits)
+            return kernel.product(x, self._kernel[1:], self.out_features, self.bits)
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
