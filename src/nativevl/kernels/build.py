@@ -72,7 +72,7 @@ def _gemv_shape(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, n: 
 
 
 def _quant_shape(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor,
-                 bias: torch.Tensor | None, n: int, bits: int, group_steps: int) -> torch.Tensor:
+                 bias: torch.Tensor | None, n: int, bits: int, group: int, block: int) -> torch.Tensor:
     return x.new_empty(x.shape[0], n)
 
 

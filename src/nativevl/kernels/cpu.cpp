@@ -81,13 +81,6 @@ struct Isa {
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
   static F low_halves(I w) { return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)); }
   static F high_halves(I w) { return _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(-65536))); }
-  // quant_tiles.h: a register's worth of code bytes widened to int32 lanes, their nibbles, as floats
-  static I load_bytes(const uint8_t* p) {
-    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  }
-  static I low_nibbles(I q) { return _mm256_and_si256(q, _mm256_set1_epi32(15)); }
-  static I high_nibbles(I q) { return _mm256_srli_epi32(q, 4); }
-  static F to_float(I q) { return _mm256_cvtepi32_ps(q); }
   static void store(float* p, int64_t left, F v) {
     if (left >= kLanes) return _mm256_storeu_ps(p, v);
     alignas(32) float part[kLanes];
@@ -334,23 +327,27 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const std::optional<at
 }
 
 
-// y = x @ W.T + b for a few rows of x against int8 or int4 codes (quant_tiles.h; Python side:
-// nativevl/kernels/quant.py), on the AVX2 loops at every level.
+// y = x @ W.T + b for rows of x against int8 or int4 codes, in integer dot products on 8-bit x (quant_tiles.h;
+// Python side: nativevl/kernels/quant.py), on the AVX2 loops at every level.
 at::Tensor quant_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales, const at::Tensor& offsets,
-                      const std::optional<at::Tensor>& bias, int64_t n, int64_t bits, int64_t group_steps) {
+                      const std::optional<at::Tensor>& bias, int64_t n, int64_t bits, int64_t group, int64_t block) {
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && (bf16 || x.scalar_type() == at::kFloat),
               "x: 2-d bf16 or float32 on CPU");
   TORCH_CHECK(level() >= 1, "quant_gemv needs a CPU with AVX2 and FMA");
   TORCH_CHECK(bits == 8 || bits == 4, "bits ", bits, ": 8 or 4");
   constexpr int64_t tile = 24;  // avx2::kTile
-  const int64_t depth = bits == 8 ? 1 : 2, m = x.size(0), k = x.size(1);
-  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == at::kByte && w.dim() == 3 && w.size(2) == tile &&
-                  w.is_contiguous() && w.size(1) * depth == k,
-              "w: (n/24, k/", depth, ", 24) bytes packed by kernels.quant.pack, for x's width ", k);
+  const int64_t step_k = bits == 8 ? 4 : 8, m = x.size(0), k = x.size(1);
+  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == at::kByte && w.dim() == 3 && w.size(2) == tile * 4 &&
+                  w.is_contiguous(),
+              "w: (n/24, k/", step_k, ", 96) bytes packed by kernels.quant.pack");
+  const int64_t kp = w.size(1) * step_k;
+  TORCH_CHECK(k <= kp && k > kp - 32, "x's width ", k, " does not match w's ", kp, " k values");
   TORCH_CHECK(n <= w.size(0) * tile && n > (w.size(0) - 1) * tile, "n ", n, " does not match w's tiles");
-  TORCH_CHECK(group_steps > 0, "group_steps ", group_steps, ": positive");
-  const int64_t groups = (w.size(1) + group_steps - 1) / group_steps;
+  TORCH_CHECK(block > 0 && block <= 32 && block % step_k == 0 && group % block == 0 && kp % group == 0,
+              "block ", block, " and group ", group, ": block a multiple of ", step_k, " up to 32, dividing the "
+              "group, which divides ", kp);
+  const int64_t groups = kp / group, blocks = kp / block;
   for (const at::Tensor* t : {&scales, &offsets})
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 3 &&
                     t->size(0) == w.size(0) && t->size(1) == groups && t->size(2) == tile,
@@ -362,17 +359,19 @@ at::Tensor quant_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor
                 "bias: float32, padded to the tiles' outputs");
     b = bias->data_ptr<float>();
   }
-  const at::Tensor xf = x.to(at::kFloat).contiguous();  // widened once; the loops widen W in registers
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
   at::Tensor y = at::empty({m, n}, x.options());
 #ifdef NATIVEVL_X86
-  const float* xp = xf.data_ptr<float>();
+  std::vector<int8_t> xq(m * kp);
+  std::vector<float> xscale(m * blocks), xsum(m * groups);
+  avx2::quantize_rows(xf.data_ptr<float>(), m, k, kp, block, group, xq.data(), xscale.data(), xsum.data());
+  const avx2::QuantX xs{xq.data(), xscale.data(), xsum.data(), kp, blocks, groups};
   const auto* wp = w.data_ptr<uint8_t>();
   const float *sp = scales.data_ptr<float>(), *op = offsets.data_ptr<float>();
-  const int64_t steps = w.size(1);
   auto each = [&](auto kind, auto* yp) {
     using Kind = decltype(kind);
     at::parallel_for(0, w.size(0), 4, [&](int64_t first, int64_t last) {
-      avx2::quant_tiles<Kind>(xp, wp, sp, op, b, yp, m, steps, group_steps, n, first, last);
+      avx2::quant_tiles<Kind>(xs, wp, sp, op, b, yp, m, block, n, first, last);
     });
   };
   auto* yb = reinterpret_cast<uint16_t*>(y.data_ptr());
@@ -391,7 +390,7 @@ TORCH_LIBRARY(nativevl_cpu, lib) {
   lib.def("gemv(Tensor x, Tensor w, Tensor? bias, int n, int level) -> Tensor");
   lib.def("gemv_level() -> int", &level);
   lib.def("quant_gemv(Tensor x, Tensor w, Tensor scales, Tensor offsets, Tensor? bias, int n, int bits, "
-          "int group_steps) -> Tensor");
+          "int group, int block) -> Tensor");
   lib.def("attention(Tensor q, Tensor k, Tensor v, Tensor? mask, bool causal, float scale) -> Tensor");
 }
 

@@ -10,7 +10,8 @@ the middle code (8 or 128) and s = max|w| / (2^(bits-1) - 1), so that 0 stays ex
 Storage, in the state dict and in checkpoints (docs/quantization.md): `qweight` uint8 (out, in) at 8 bits,
 (out, in/2) at 4 bits with input 2j in the low nibble and 2j+1 in the high one; `scales` (out, groups) in the
 model's float dtype; `qzeros` uint8 (out, groups). Products: on an x86-64 CPU with AVX2 the codes are read
-directly by nativevl's kernel (kernels/quant.py; packed on first use); elsewhere (CUDA, other CPUs) the weight
+directly by nativevl's kernel in integer products with x put on 8 bits per block of 32 (kernels/quant.py;
+packed on first use); elsewhere (CUDA, other CPUs) the weight
 is dequantized in the input's dtype and multiplied as nn.Linear does.
 """
 
@@ -142,7 +143,7 @@ class QuantLinear(nn.Module):
         return w.reshape(self.out_features, self.in_features).to(dtype or self.scales.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and kernel.available(x.dtype):
+        if x.device.type == "cpu" and kernel.available(x.dtype) and kernel.supports(self):
             if self._kernel is None or self._kernel[0] is not self.qweight:
                 self._kernel = (self.qweight, *kernel.pack(self))
             return kernel.product(x, self._kernel[1:], self.out_features, self.bits)
