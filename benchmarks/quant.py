@@ -27,29 +27,32 @@ from nativevl.infer.chat import speed_up
 from nativevl.infer.generate import generate
 from nativevl.model.quant import PARTS, QuantConfig, QuantLinear
 
-FORMATS = ("bf16", "int8", "int4")  # and int8-all / int4-all: the ViT and the projector quantized too
+FORMATS = ("bf16", "int8", "int4")  # and -all (the ViT and the projector too), -fhead (the head kept in bf16)
 
 
 def step_bytes(model: torch.nn.Module) -> int:
-    """The bytes a decode step reads: every decoder layer's weights as stored (codes plus their scales and zero
-    points for a QuantLinear) and the output head."""
+    """The bytes a decode step reads: every decoder layer's weights and the output head as stored (codes plus
+    their scales and zero points for a QuantLinear)."""
+    def stored(m: torch.nn.Module) -> int:
+        tensors = (m.qweight, m.scales, m.qzeros) if isinstance(m, QuantLinear) else (m.weight,)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     lm = model.language_model
-    total = lm.lm_head.weight.numel() * lm.lm_head.weight.element_size()
-    for m in lm.model.layers.modules():
-        if isinstance(m, QuantLinear):
-            total += sum(t.numel() * t.element_size() for t in (m.qweight, m.scales, m.qzeros))
-        elif isinstance(m, torch.nn.Linear):
-            total += m.weight.numel() * m.weight.element_size()
-    return total
+    return stored(lm.lm_head) + sum(stored(m) for m in lm.model.layers.modules()
+                                    if isinstance(m, (QuantLinear, torch.nn.Linear)))
 
 
 def quant_config(name: str) -> QuantConfig | None:
-    """`bf16` (none), `int8`, `int4`, or either with `-all` (every part: ViT, projector, language model)."""
+    """`bf16` (none), `int8`, `int4`, each optionally with `-all` (every part: ViT, projector, language model)
+    and `-fhead` (the output head kept in bf16, as AWQ files keep it)."""
     if name == "bf16":
         return None
-    width, _, every = name.partition("-")
+    width, *options = name.split("-")
     config = QuantConfig.named(width)
-    return replace(config, parts=PARTS) if every == "all" else config
+    unknown = set(options) - {"all", "fhead"}
+    if unknown:
+        raise SystemExit(f"--formats: {name!r} has unknown option(s) {', '.join(sorted(unknown))}")
+    return replace(config, parts=PARTS if "all" in options else config.parts, head=0 if "fhead" in options else 8)
 
 
 def engines(base: torch.nn.Module, formats: list[str]) -> dict[str, torch.nn.Module]:
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quant", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="internvl3-1b")
     p.add_argument("--formats", default=",".join(FORMATS),
-                   help=f"some of {', '.join(FORMATS)}, int8-all, int4-all (bf16 first for the accuracy table)")
+                   help=f"some of {', '.join(FORMATS)}, each optionally -all and/or -fhead, e.g. int4-all, int4-fhead "
+                        "(bf16 first for the accuracy table)")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--steps", type=int, default=16, help="decode steps timed per run")
     p.add_argument("--prompt", type=int, default=296, help="prompt tokens for the prefill rate")

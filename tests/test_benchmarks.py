@@ -30,7 +30,8 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "CUDA paths on the CPU": ("benchmarks.gpu_check", ["cpu"]),
     "quantized weights": ("benchmarks.quant", ["--preset", "tiny", "--repeats", "1", "--steps", "1", "--batches", "1,2",
                                                "--prompt", "16", "--continuation", "4",
-                                               "--formats", "bf16,int8,int4,int4-all"]),
+                                               "--formats", "bf16,int8,int4-fhead,int4-all"]),
+    "large quantized checkpoint": ("benchmarks.quant_big", ["--preset", "tiny", "--quantize", "int8", "--steps", "2"]),
 }
 # Runners that build another engine (llama.cpp from source: minutes of compiling) are not run here; their documented
 # flags are checked against their own --help instead, so a renamed flag still fails.
@@ -41,7 +42,8 @@ HEADINGS = {"every suite": ["read bandwidth", "## Time to first token", "## Deco
             "loss memory": ["| whole logits | 192 |", "| chunks of 64 | 192 |"],
             "server": ["| one at a time |", "| 2 concurrent clients |"],
             "CUDA paths on the CPU": ["all CUDA checks passed"],
-            "quantized weights": ["## Decode", "| int4-all | 2 |", "## Prompts", "## Against bf16"]}
+            "quantized weights": ["## Decode", "| int4-all | 2 |", "## Prompts", "## Against bf16"],
+            "large quantized checkpoint": ["# tiny int8: made in", "2 tokens at"]}
 
 
 def command(target: str, args: list[str], out: Path | None = None) -> list[str]:

@@ -140,14 +140,36 @@ def _tiny(seed: int = 0) -> InternVL:
     return InternVL.from_config(preset("tiny")).eval()
 
 
-def test_quantize_converts_the_language_model_only():
-    model = quantize(_tiny(), "int4")
-    kinds = {name: type(m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, QuantLinear))}
-    assert all(t is QuantLinear for n, t in kinds.items() if n.startswith("language_model.model."))
-    assert kinds["language_model.lm_head"] is nn.Linear
-    assert all(t is nn.Linear for n, t in kinds.items() if n.startswith(("vision_model", "mlp1")))
+@pytest.mark.parametrize("head", [8, 0])
+def test_quantize_converts_the_language_model_only(head):
+    model = quantize(_tiny(), QuantConfig(bits=4, group_size=32, head=head))
+    kinds = {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, QuantLinear))}
+    assert all(type(m) is QuantLinear and m.bits == 4 for n, m in kinds.items() if n.startswith("language_model.model."))
+    lm_head = kinds["language_model.lm_head"]
+    assert (type(lm_head), getattr(lm_head, "bits", None)) == ((QuantLinear, 8) if head else (nn.Linear, None))
+    if head:  # per channel, symmetric, whatever the layers' groups
+        assert lm_head.group == lm_head.in_features and (lm_head.qzeros == 128).all()
+    assert all(type(m) is nn.Linear for n, m in kinds.items() if n.startswith(("vision_model", "mlp1")))
+    assert type(model.language_model.model.embed_tokens) is nn.Embedding
     with pytest.raises(ValueError, match="quantized already"):
         quantize(model, "int8")
+
+
+def test_a_tied_head_is_untied_when_it_is_put_on_codes(tmp_path):
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    cfg.text.tie_word_embeddings = True
+    model = InternVL.from_config(cfg).eval()
+    embedding = model.language_model.model.embed_tokens.weight.detach().clone()
+    quantize(model, "int4")
+    assert model.config.text.tie_word_embeddings is False
+    assert torch.equal(model.language_model.model.embed_tokens.weight, embedding)  # the embedding stays float
+    ids = torch.randint(0, cfg.text.vocab_size, (1, 7))
+    model.save_pretrained(tmp_path / "q")
+    back = InternVL.from_pretrained(tmp_path / "q")
+    assert isinstance(back.language_model.lm_head, QuantLinear)
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, model(ids).logits)
 
 
 @pytest.mark.parametrize("name,bound", [("int8", 0.02), ("int4", 0.25)])

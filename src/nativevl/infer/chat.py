@@ -244,7 +244,7 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 
 def _device(model: InternVLModel) -> torch.device:
-    return model.language_model.lm_head.weight.device
+    return model.language_model.model.embed_tokens.weight.device
 
 
 def prepack_model(model: InternVLModel) -> int:

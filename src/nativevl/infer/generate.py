@@ -160,7 +160,7 @@ class GraphDecoder:
 class _Graph:
     def __init__(self, model: InternVLModel, batch: int, size: int, compiled: bool) -> None:
         lm = model.language_model
-        device = lm.lm_head.weight.device
+        device = lm.model.embed_tokens.weight.device
         self.cfg, self.size = lm.config, size
         self.kv = model.new_cache(batch, size)
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)

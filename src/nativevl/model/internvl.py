@@ -224,7 +224,7 @@ class InternVLModel(nn.Module):
         return Output(logits=logits, loss=loss)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        p = self.language_model.lm_head.weight
+        p = self.language_model.model.embed_tokens.weight  # never quantized (the head may be)
         return KVCache(self.config.text, batch, max_len, p.dtype, p.device)
 
 

@@ -17,7 +17,7 @@ is dequantized in the input's dtype and multiplied as nn.Linear does.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -27,20 +27,24 @@ from nativevl.kernels import quant as kernel
 
 # The parts of an InternVL model `quantize` may convert, by their module names.
 PARTS = ("language_model", "mlp1", "vision_model")
-# Never converted: the output head and the embeddings keep the model's dtype (as AutoAWQ and transformers'
-# AWQ checkpoints leave lm_head), the head because its error lands on every logit.
-KEEP = ("language_model.lm_head",)
+# The output head: converted by `head` (to per-channel int8) or kept in the model's dtype, never by `parts`; the
+# embeddings are never converted (a lookup reads one row a token).
+HEAD = "language_model.lm_head"
+HEAD_CONFIG = dict(bits=8, group_size=0, symmetric=True)
 
 
 @dataclass(frozen=True)
 class QuantConfig:
     """How to quantize: `bits` 8 or 4; `group_size` k values per scale (0: one group per output channel);
-    `symmetric`; `parts` of the model to convert (default the language model's decoder layers)."""
+    `symmetric`; `parts` of the model to convert (default the language model's decoder layers); `head` 8 puts
+    the output head on per-channel int8 too (llama.cpp's Q4_0 and Q8_0 files keep it at Q8_0), 0 keeps it in
+    the model's dtype (AutoAWQ's choice). The head is a quarter to a half of a small model's decode bytes."""
 
     bits: int = 4
     group_size: int = 128
     symmetric: bool = False
     parts: tuple[str, ...] = ("language_model",)
+    head: int = 0
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -48,14 +52,18 @@ class QuantConfig:
         if self.group_size < 0 or (self.group_size and self.group_size % 2):
             raise ValueError(f"quantization group_size must be 0 (per channel) or a positive even number, "
                              f"got {self.group_size}")
+        if self.head not in (0, 8):
+            raise ValueError(f"quantization head must be 0 (kept in float) or 8 bits, got {self.head}")
         unknown = set(self.parts) - set(PARTS)
         if unknown or not self.parts:
             raise ValueError(f"quantization parts must be some of {', '.join(PARTS)}, got {', '.join(self.parts)}")
 
     @classmethod
     def named(cls, name: str) -> QuantConfig:
-        """`int8`: per-channel, symmetric; `int4`: groups of 128, asymmetric (AWQ's format)."""
-        presets = {"int8": cls(bits=8, group_size=0, symmetric=True), "int4": cls(bits=4, group_size=128)}
+        """`int8`: per-channel, symmetric; `int4`: groups of 128, asymmetric (AWQ's format); both with the head
+        on int8 (docs/quantization.md has the figures behind the choice)."""
+        presets = {"int8": cls(bits=8, group_size=0, symmetric=True, head=8),
+                   "int4": cls(bits=4, group_size=128, head=8)}
         if name not in presets:
             raise ValueError(f"quantize must be one of {', '.join(presets)}, got {name!r}")
         return presets[name]
@@ -154,9 +162,13 @@ class QuantLinear(nn.Module):
                f"group={self.group}, bias={self.bias is not None}"
 
 
-def _targets(model: nn.Module, parts: tuple[str, ...]) -> list[tuple[str, nn.Linear]]:
-    return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and name.split(".")[0] in parts and name not in KEEP]
+def _targets(model: nn.Module, config: QuantConfig) -> list[tuple[str, nn.Linear, QuantConfig]]:
+    """(name, layer, how) of every linear layer `config` converts: those of its parts but the head, and the head
+    on HEAD_CONFIG if `config.head`."""
+    head = replace(config, **HEAD_CONFIG)
+    return [(name, m, head if name == HEAD else config) for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and (name.split(".")[0] in config.parts and name != HEAD
+                                              or name == HEAD and config.head)]
 
 
 def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -164,18 +176,25 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
+def _untie(model: nn.Module, config: QuantConfig) -> None:
+    """A head put on codes is no longer the embedding: the config says so, and save/load treat it on its own."""
+    if config.head and hasattr(model, "config"):
+        model.config.text.tie_word_embeddings = False
+
+
 @torch.no_grad()
 def quantize(model: nn.Module, config: QuantConfig | str) -> nn.Module:
-    """Replace the linear layers of `config.parts` (default: the language model's, not its head) by
+    """Replace the linear layers `config` names (default: the language model's, and its head on int8) by
     `QuantLinear`s quantized from their weights, in place; records `model.quantization`. Returns the model."""
     config = QuantConfig.named(config) if isinstance(config, str) else config
     if getattr(model, "quantization", None) is not None:
         raise ValueError("the model is quantized already")
-    for name, layer in _targets(model, config.parts):
+    for name, layer, how in _targets(model, config):
         try:
-            _swap(model, name, QuantLinear.from_linear(layer, config))
+            _swap(model, name, QuantLinear.from_linear(layer, how))
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
+    _untie(model, config)
     model.quantization = config
     return model
 
@@ -183,9 +202,10 @@ def quantize(model: nn.Module, config: QuantConfig | str) -> nn.Module:
 def quantized_structure(model: nn.Module, config: QuantConfig) -> nn.Module:
     """`quantize`'s module structure with empty codes (on the model's device, meta for loading): what a
     quantized checkpoint is read into."""
-    for name, layer in _targets(model, config.parts):
-        _swap(model, name, QuantLinear(layer.in_features, layer.out_features, config.bits, config.group_size,
+    for name, layer, how in _targets(model, config):
+        _swap(model, name, QuantLinear(layer.in_features, layer.out_features, how.bits, how.group_size,
                                        layer.bias is not None, dtype=layer.weight.dtype, device=layer.weight.device))
+    _untie(model, config)
     model.quantization = config
     return model
 

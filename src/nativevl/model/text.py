@@ -290,7 +290,7 @@ class CausalLM(nn.Module):
                     mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One decode step with nothing that depends on the values or the cache length: token (B, 1), position
         (B, 1), mask (B, 1, 1, max_len) of the slots to attend, `cache.slot` set -> logits (B, vocab)."""
-        cos, sin = rope_cos_sin(self.config, position, self.lm_head.weight.dtype, inv_freq)
+        cos, sin = rope_cos_sin(self.config, position, self.model.embed_tokens.weight.dtype, inv_freq)
         a = AttentionInputs(cos, sin, mask=mask)
         x = self.model.embed_tokens(token)
         for layer in self.model.layers:

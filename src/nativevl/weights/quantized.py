@@ -3,7 +3,8 @@ AutoAWQ's GEMM packing), read and written beside the float layouts (docs/quantiz
 
 config.json's `quantization_config` (top level, as transformers writes it; also read from `llm_config` /
 `text_config` and from AutoAWQ's older `quant_config.json`) names the method:
-- `nativevl`: `bits`, `group_size` (0: per channel), `symmetric`, `parts`; tensors as QuantLinear holds them
+- `nativevl`: `bits`, `group_size` (0: per channel), `symmetric`, `parts`, `head` (8: lm_head on per-channel
+  int8; 0 or absent: float); tensors as QuantLinear holds them
   (`qweight` uint8, `scales`, `qzeros` uint8; model/quant.py).
 - `awq` (`version: gemm`, `bits: 4`): per linear layer `qweight` int32 (in, out/8), `qzeros` int32 (in/group,
   out/8), `scales` float16 (in/group, out), w[i, o] = (q - z) * s; eight 4-bit codes to an int32, output
@@ -69,14 +70,19 @@ def read_quantization(raw: dict[str, Any], folder: Path) -> tuple[QuantConfig, s
     if not isinstance(group, int) or group < 0 or group % 2 or set(parts) - set(PARTS):
         raise CheckpointError(f"{where}: group_size {group!r} (0 or a positive even number) or parts {list(parts)} "
                               f"(some of {', '.join(PARTS)}) cannot be read")
-    return QuantConfig(bits=bits, group_size=group, symmetric=bool(q.get("symmetric", False)), parts=parts), method
+    head = q.get("head", 0)
+    if head not in (0, 8):
+        raise CheckpointError(f"{where}.head {head!r}: 8 (lm_head on int8) or 0 (float)")
+    return QuantConfig(bits=bits, group_size=group, symmetric=bool(q.get("symmetric", False)), parts=parts,
+                       head=head), method
 
 
 def quantization_dict(config: QuantConfig) -> dict[str, Any]:
     """What `save_model` writes as config.json's quantization_config (transformers' key names where they fit)."""
     return {"quant_method": "nativevl", "bits": config.bits, "group_size": config.group_size,
             "symmetric": config.symmetric, "zero_point": not config.symmetric, "parts": list(config.parts),
-            "modules_to_not_convert": ["language_model.lm_head", *(p for p in PARTS if p not in config.parts)]}
+            "head": config.head, "modules_to_not_convert": [*([] if config.head else ["language_model.lm_head"]),
+                                                            *(p for p in PARTS if p not in config.parts)]}
 
 
 # --- AWQ's GEMM packing ----------------------------------------------------------------------------------------
