@@ -36,6 +36,9 @@ RUNS: dict[str, tuple[str, list[str]]] = {
 # Runners that build another engine (llama.cpp from source: minutes of compiling) are not run here; their documented
 # flags are checked against their own --help instead, so a renamed flag still fails.
 HELP_ONLY = {"benchmarks.llamacpp"}
+# Runners that need a trained model and its world run in their own test below, with these flags
+ON_A_WORLD = {"benchmarks.quant_world": {"--world", "--questions", "--continuation", "--limit", "--group-size",
+                                         "--out"}}
 HEADINGS = {"every suite": ["read bandwidth", "## Time to first token", "## Decode", "## One attention layer",
                             "## Image preprocessing", "## Training, packed vs padded", "## One training step"],
             "bf16 with --compile": ["## Time to first token", "nativevl --compile", "nativevl --prepack --compile"],
@@ -102,6 +105,8 @@ def test_every_documented_flag_is_exercised():
         exercised.setdefault(target, set()).update(flags(args) | {"--out", "--help"})
     for target in HELP_ONLY:
         exercised[target] = help_flags(target)
+    for target, named in ON_A_WORLD.items():
+        exercised[target] = named | {"--help"}
     commands = documented_commands()
     assert len(commands) >= 10, commands  # the parser above still finds the docs' commands
     for target, args in commands:
@@ -110,3 +115,20 @@ def test_every_documented_flag_is_exercised():
             wanted.discard("--device")  # CUDA runs: benchmarks/gpu.sh on the device; the CPU runs the same flags
         missing = wanted - exercised.get(target, set())
         assert not missing, f"`python {target} {' '.join(args)}` (docs) uses {sorted(missing)}, which no run tests"
+
+
+def test_quantized_accuracy_runs_on_a_small_world(tmp_path):
+    from reference import world_checkpoint
+
+    world, checkpoint = world_checkpoint(tmp_path, seed=3)
+    out = tmp_path / "report.md"
+    args = [str(checkpoint), "--world", str(world), "--questions", "3", "--continuation", "4", "--limit", "1",
+            "--group-size", "32", "--out", str(out)]
+    assert flags(args) == ON_A_WORLD["benchmarks.quant_world"]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(command("benchmarks.quant_world", args), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = out.read_text()
+    for heading in ("## Held-out accuracy", "| colour |", "## Greedy tokens against bf16", "| int4 | 3 |"):
+        assert heading in report, report

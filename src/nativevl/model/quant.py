@@ -83,7 +83,9 @@ def quantize_weight(weight: torch.Tensor, bits: int, group: int, symmetric: bool
     """(out, in) float -> codes uint8 (out, in) in [0, 2^bits), scales float32 (out, groups), zeros uint8."""
     out_features, in_features = weight.shape
     if in_features % group:
-        raise ValueError(f"group size {group} does not divide the layer's {in_features} inputs")
+        fits = max(g for g in range(2, group + 1, 2) if in_features % g == 0) if in_features % 2 == 0 else 0
+        raise ValueError(f"group size {group} does not divide the layer's {in_features} inputs"
+                         + (f" (the largest group that does: {fits})" if fits else ""))
     w = weight.detach().float().reshape(out_features, in_features // group, group)
     top = 2**bits - 1
     if symmetric:
