@@ -228,12 +228,16 @@ def bench(bindir: Path, gguf_file: Path, threads: int = 2, repeats: int = 3, pro
 
 
 # ---- the nativevl side: the hook this comparison reads nativevl from (weights: bf16, int8, int4) ----
+VARIANTS = {"eager": {}, "prepack": {"prepack": True}, "prepack+compile": {"prepack": True, "compile": True}}
+
+
 def nativevl_rows(checkpoint: Path, threads: int = 2, quantize: tuple[str | None, ...] = (None, "int8", "int4"),
-                  prepack: tuple[bool, ...] = (False, True), steps: int = 16, repeats: int = 3) -> list[dict[str, Any]]:
+                  variants: tuple[str, ...] = ("eager", "prepack"), steps: int = 16, repeats: int = 3
+                  ) -> list[dict[str, Any]]:
     """nativevl bf16 on the checkpoint hf_language_model saved, timed as benchmarks/decode.py times it
     (per_step: the extra time per generated token after a 32-token prompt, median of repeats) at batch 1 and 8,
-    and the 296-token prompt as generate(max_new_tokens=1) on it. Each `quantize` (None: bf16 as loaded) goes to
-    nativevl.infer.chat.speed_up, as `--quantize` does; a speed_up without one (before issue 27's int8/int4)
+    and the 296-token prompt as generate(max_new_tokens=1) on it. Each `quantize` (None: bf16 as loaded) and each
+    of `variants` (VARIANTS: the switches) goes to nativevl.infer.chat.speed_up, as `--quantize` does; a speed_up without one (before issue 27's int8/int4)
     reports those rows skipped instead of failing the llama.cpp side."""
     import inspect
 
@@ -248,14 +252,19 @@ def nativevl_rows(checkpoint: Path, threads: int = 2, quantize: tuple[str | None
     torch.set_num_threads(threads)
     rows = []
     for q in quantize:
-        for pack in prepack:
-            row: dict[str, Any] = {"engine": "nativevl" + (" --prepack" if pack else ""), "weights": q or "bf16"}
+        for variant in variants:
+            switches = VARIANTS[variant]
+            row: dict[str, Any] = {"engine": " --".join(["nativevl", *switches]), "weights": q or "bf16"}
             if q is not None and "quantize" not in inspect.signature(speed_up).parameters:
                 rows.append({**row, "skipped": "speed_up has no quantize yet"})
                 continue
             try:  # a failing nativevl path is reported as its row, not at the cost of the measured rest
                 model = InternVL.from_pretrained(checkpoint, dtype=torch.bfloat16).eval()
-                speed_up(model, prepack=pack, **({"quantize": q} if q else {}))
+                speed_up(model, **switches, **({"quantize": q} if q else {}))
+                if switches.get("compile"):  # compiled for each batch's shapes first (minutes), then timed
+                    for batch in (1, 8):
+                        ours_runner(model, text_ids(model, (batch, DECODE_PROMPT), seed=batch))(4)
+                    ours_runner(model, text_ids(model, (1, PROMPT), seed=PROMPT))(1)
                 for batch in (1, 8):
                     ids = text_ids(model, (batch, DECODE_PROMPT), seed=batch)
                     t = per_step({"run": ours_runner(model, ids)}, steps, repeats, "cpu")["run"]
@@ -278,6 +287,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-nativevl", action="store_true", help="llama.cpp only")
+    parser.add_argument("--nativevl", default="eager,prepack",
+                        help=f"nativevl's variants, some of {', '.join(VARIANTS)} (compiling takes minutes each)")
     args = parser.parse_args()
     start = time.perf_counter()
     bindir = build(args.cache)
@@ -292,8 +303,11 @@ def main() -> None:
     for kind, path in files.items():
         results["llama.cpp"][kind] = bench(bindir, path, args.threads, args.repeats)
         print(kind, results["llama.cpp"][kind], file=sys.stderr, flush=True)
+    variants = tuple(args.nativevl.split(","))
+    if set(variants) - set(VARIANTS):
+        raise SystemExit(f"--nativevl: some of {', '.join(VARIANTS)}, got {args.nativevl}")
     results["nativevl"] = [] if args.no_nativevl else nativevl_rows(hf / "nativevl", args.threads,
-                                                                     repeats=args.repeats)
+                                                                     variants=variants, repeats=args.repeats)
     results["seconds"] = time.perf_counter() - start
     args.out.write_text(json.dumps(results, indent=1))
     print(f"| engine | weights | MB | decode b1 tok/s | decode b8 tok/s | prompt {PROMPT} tok/s |\n" + "| --- " * 6 + "|")

@@ -16,7 +16,7 @@ from nativevl.data.v2pe import v2pe_positions
 from nativevl.infer.generate import GenerationConfig, generate, generate_steps
 from nativevl.model.internvl import InternVLModel
 from nativevl.model.layers import prepack_linears
-from nativevl.model.quant import QuantConfig, quantize_once
+from nativevl.model.quant import QuantConfig, QuantLinear, quantize_once
 from nativevl.tokenizer import InternVLTokenizer
 
 History = list[tuple[str, str]]
@@ -270,5 +270,8 @@ def speed_up(model: InternVLModel, prepack: bool = False, compile: bool = False,
     if prepack:
         prepack_model(model)
     if compile:
+        for layer in model.modules():  # the kernel's copies made now: a compiled forward does not make them
+            if isinstance(layer, QuantLinear) and layer.qweight.device.type == "cpu":
+                layer.pack_for_cpu()
         model.language_model.compile(dynamic=True)
     return model

@@ -27,9 +27,13 @@ def level() -> int:
     cap = os.environ.get("NATIVEVL_GEMV", "3")
     if cap not in ("0", "1", "2", "3"):
         raise ValueError(f"NATIVEVL_GEMV={cap!r}: 0 (off), 1 (AVX2), 2 (AVX-512) or 3 (AVX-512 BF16, the default)")
-    if not built():
-        return 0
-    return min(int(cap), int(torch.ops.nativevl_cpu.gemv_level()))
+    return min(int(cap), _cpu_level())
+
+
+@functools.cache
+def _cpu_level() -> int:
+    """What this CPU runs, asked once (level() is asked on every quantized product)."""
+    return int(torch.ops.nativevl_cpu.gemv_level()) if built() else 0
 
 
 @functools.cache

@@ -20,9 +20,12 @@ BLOCK = 32  # k values per 8-bit block of x (fewer where a layer's groups are na
 # the integer one is faster still (docs/benchmarks.md).
 
 
+DTYPES = (torch.float32, torch.bfloat16)  # inputs the kernel takes
+
+
 def available(dtype: torch.dtype) -> bool:
     """Whether the kernel is built and this CPU runs it for inputs of `dtype`."""
-    return dtype in (torch.float32, torch.bfloat16) and level() > 0
+    return dtype in DTYPES and level() > 0
 
 
 def block_of(layer: torch.nn.Module) -> int:

@@ -127,7 +127,8 @@ class QuantLinear(nn.Module):
         self.register_buffer("scales", torch.ones(out_features, groups, dtype=dtype, device=device))
         self.register_buffer("qzeros", torch.zeros(out_features, groups, dtype=torch.uint8, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
-        self._kernel: tuple | None = None  # the kernel's copy (kernels/quant.py), made on first use
+        self._packed_from: torch.Tensor | None = None  # the codes the kernel's copy was made from
+        self.block = 0  # x's block on the kernel (kernels/quant.py); 0: dequantize instead
 
     @classmethod
     def from_linear(cls, layer: nn.Linear, config: QuantConfig) -> QuantLinear:
@@ -152,11 +153,28 @@ class QuantLinear(nn.Module):
         w = (codes - self.qzeros.float()[..., None]) * self.scales.float()[..., None]
         return w.reshape(self.out_features, self.in_features).to(dtype or self.scales.dtype)
 
+    def pack_for_cpu(self) -> bool:
+        """The kernel's copy of the codes (kernels/quant.py), made once (again if new codes were loaded) where
+        this CPU runs the kernel and the layer's groups fit it; held as buffers that are not saved, so that
+        torch.compile sees tensors. Returns whether products take the kernel."""
+        if self._packed_from is not self.qweight:
+            self._packed_from = self.qweight
+            self.block = kernel.block_of(self) if kernel.available(torch.float32) else 0
+            if self.block:
+                codes, scales, offsets, bias, self.kernel_group, _ = kernel.pack(self)
+                for name, t in (("kernel_codes", codes), ("kernel_scales", scales), ("kernel_offsets", offsets),
+                                ("kernel_bias", bias)):
+                    self.register_buffer(name, t, persistent=False)
+        return self.block > 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and kernel.available(x.dtype) and kernel.supports(self):
-            if self._kernel is None or self._kernel[0] is not self.qweight:
-                self._kernel = (self.qweight, *kernel.pack(self))
-            return kernel.product(x, self._kernel[1:], self.out_features, self.bits)
+        if x.device.type == "cpu" and x.dtype in kernel.DTYPES:
+            if not torch.compiler.is_compiling():  # a compiled model was packed before (speed_up)
+                self.pack_for_cpu()
+            if self.block:
+                packed = (self.kernel_codes, self.kernel_scales, self.kernel_offsets, self.kernel_bias,
+                          self.kernel_group, self.block)
+                return kernel.product(x, packed, self.out_features, self.bits)
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
