@@ -127,6 +127,15 @@ def test_kernel_equals_the_dequantized_product(bits, group, symmetric, k, dtype)
         assert (got.float() - exact).norm() / exact.norm() < 0.02
 
 
+def test_a_cast_after_the_first_product_is_packed_again():
+    torch.manual_seed(3)
+    q = QuantLinear.from_linear(nn.Linear(64, 30), QuantConfig.named("int4"))
+    x = torch.randn(2, 64)
+    q(x)
+    q.to(torch.bfloat16)  # the scales, and the kernel's float32 copy of them, become bf16
+    assert torch.allclose(q(x.bfloat16()).float(), expected(q, x.bfloat16()), atol=2e-2, rtol=2e-2)
+
+
 def test_groups_narrower_than_the_kernels_steps_are_dequantized():
     torch.manual_seed(2)
     q = QuantLinear.from_linear(nn.Linear(64, 30), QuantConfig(bits=4, group_size=4, symmetric=True))

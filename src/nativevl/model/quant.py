@@ -157,7 +157,8 @@ class QuantLinear(nn.Module):
         """The kernel's copy of the codes (kernels/quant.py), made once (again if new codes were loaded) where
         this CPU runs the kernel and the layer's groups fit it; held as buffers that are not saved, so that
         torch.compile sees tensors. Returns whether products take the kernel."""
-        if self._packed_from is not self.qweight:
+        cast = self.block and self.kernel_scales.dtype != torch.float32  # model.to(dtype) reached the copy too
+        if self._packed_from is not self.qweight or cast:
             self._packed_from = self.qweight
             self.block = kernel.block_of(self) if kernel.available(torch.float32) else 0
             if self.block:
