@@ -1,4 +1,4 @@
-"""A trained model (the demo's) in bf16, int8 and int4: the embedded world's held-out accuracy per question type,
+"""A trained model (the demo's) in bf16, int8, int4 and int4 with its ViT and projector too: the embedded world's held-out accuracy per question type,
 and how often greedy decoding agrees with bf16's on held-out questions with their images (docs/benchmarks.md).
 
     nativevl demo --no-align --out demo_out
@@ -29,11 +29,11 @@ from nativevl.eval.world import evaluate_world
 from nativevl.infer.chat import build_query, chat_generation_config
 from nativevl.infer.generate import generate
 from nativevl.model.internvl import InternVLModel
-from nativevl.model.quant import QuantConfig, quantize
+from nativevl.model.quant import PARTS, QuantConfig, quantize
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
 from nativevl.weights import load_model
 
-FORMATS = ("bf16", "int8", "int4")
+FORMATS = ("bf16", "int8", "int4", "int4-all")  # -all: the ViT and the projector on int4 too
 
 
 def held_out_prompts(model: InternVLModel, tokenizer: InternVLTokenizer, world: Path, count: int
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     tokenizer = load_tokenizer(args.checkpoint)
     base = load_model(args.checkpoint, dtype=torch.bfloat16).eval()
-    configs = {"int8": QuantConfig.named("int8"), "int4": replace(QuantConfig.named("int4"), group_size=args.group_size)}
+    int4 = replace(QuantConfig.named("int4"), group_size=args.group_size)
+    configs = {"int8": QuantConfig.named("int8"), "int4": int4, "int4-all": replace(int4, parts=PARTS)}
     models = {"bf16": base, **{name: quantize(copy.deepcopy(base), configs[name]) for name in FORMATS[1:]}}
     lines = [f"# python -m benchmarks.quant_world {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip(), ""]
     scores = {name: evaluate_world(m, args.world / "meta_eval.json", args.world / "meta_sft.json",
