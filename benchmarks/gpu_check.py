@@ -6,6 +6,8 @@
 3. Greedy decoding in bf16: nativevl's tokens against transformers'.
 4. The compiled CUDA-graph decode (`GraphDecoder`, what `--compile` installs on CUDA) against eager decoding,
    float32 and bf16, a left-padded batch, twice through the same captured graph.
+5. int8 and int4 weights on the device (`QuantLinear`; on CUDA the dequantizing path, on a CPU the kernel with
+   8-bit x): logits against a float model holding the dequantized weights.
 
 Prints one line per check and exits non-zero if one fails.
 
@@ -112,6 +114,20 @@ def main() -> int:
         print(f"{str(dtype)[6:]} CUDA-graph decode vs eager, 2 rows x 40 tokens, twice: {same} of 80 equal")
         if min(same) < (80 if dtype == torch.float32 else 60):  # bf16: inductor's kernels round differently
             failures.append(f"graph decode {dtype}")
+
+    from nativevl.model.quant import QuantLinear, quantize
+
+    ids = torch.randint(20, cfg.text.vocab_size, (2, 24), generator=g).to(device)
+    for name in ("int8", "int4"):
+        quantized, plain = quantize(tiny(device, torch.float32), name), tiny(device, torch.float32)
+        with torch.no_grad():
+            for layer_name, layer in quantized.named_modules():
+                if isinstance(layer, QuantLinear):
+                    plain.get_submodule(layer_name).weight.copy_(layer.dequantize(torch.float32))
+            err = rel(quantized(ids).logits, plain(ids).logits)
+        print(f"{name} weights on {device} vs their dequantized float32: logits {err:.2e}")
+        if err > 3e-2:
+            failures.append(f"{name} weights")
 
     print("FAILED: " + ", ".join(failures) if failures else "all CUDA checks passed")
     return 1 if failures else 0
