@@ -330,3 +330,20 @@ def test_pipeline_and_cli_quantize_on_load(tmp_path):
     assert pipe("Hello", max_new_tokens=4) == Pipeline(folder, quantize="int8")("Hello", max_new_tokens=4)
     with pytest.raises(SystemExit):
         main(["chat", str(folder), "Hi", "--quantize", "int3"])
+
+
+def test_prepack_fuses_quantized_qkv_and_gate_up_into_one_product_each():
+    from nativevl.infer.chat import speed_up
+    from nativevl.infer.generate import generate
+    from nativevl.model.quant import QuantGroup
+
+    plain = quantize(_tiny(7), QuantConfig(bits=4, group_size=32))
+    packed = speed_up(quantize(_tiny(7), QuantConfig(bits=4, group_size=32)), prepack=True)
+    groups = [m.packed for m in packed.language_model.modules() if isinstance(getattr(m, "packed", None), QuantGroup)]
+    layers = len(packed.language_model.model.layers)
+    assert len(groups) == (2 * layers if kernel.available(torch.float32) else 0)  # attention's q/k/v, MLP's gate/up
+    ids = torch.randint(0, plain.config.text.vocab_size, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(packed(ids).logits, plain(ids).logits, atol=1e-5)
+    assert torch.equal(generate(packed, ids, max_new_tokens=8), generate(plain, ids, max_new_tokens=8))
+    assert set(packed.state_dict()) == set(plain.state_dict())  # the fused copy is not saved

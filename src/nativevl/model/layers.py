@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from nativevl import kernels
+from nativevl.model.quant import QuantGroup
 
 
 class RMSNorm(nn.Module):
@@ -89,6 +90,12 @@ def prepack_linears(module: nn.Module, native_bf16: bool | None = None, decodes:
             m.kernel_attention = attention
     count = 0
     for owner, layers in packed_groups(module):
+        if len(layers) > 1 and QuantGroup.fits(layers):  # quantized q/k/v or gate/up: one kernel product
+            group = QuantGroup(layers)
+            if group.fused is not None:
+                owner.packed = group
+                count += len(layers)
+            continue
         if len(layers) > 1 and kernels.packable(layers):
             owner.packed = kernels.PackedLinear(layers, native_bf16, decodes)
             count += len(layers)

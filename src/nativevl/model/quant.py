@@ -183,6 +183,39 @@ class QuantLinear(nn.Module):
                f"group={self.group}, bias={self.bias is not None}"
 
 
+class QuantGroup:
+    """QuantLinears that read the same input (a module's PACKED_TOGETHER: q/k/v, gate/up) as one kernel product
+    with their outputs side by side, one call where there were three (`prepack_linears` installs it as the
+    module's `packed`). Not a module, so the layers' own codes stay what is saved; like every packed copy it is
+    not updated if the layers change (pack after loading and casting)."""
+
+    def __init__(self, layers: list[QuantLinear]) -> None:
+        first = layers[0]
+        fused = QuantLinear(first.in_features, sum(m.out_features for m in layers), first.bits, first.group,
+                            any(m.bias is not None for m in layers), dtype=first.scales.dtype)
+        with torch.no_grad():
+            for name in ("qweight", "scales", "qzeros"):
+                getattr(fused, name).copy_(torch.cat([getattr(m, name) for m in layers]))
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([m.bias if m.bias is not None else torch.zeros_like(m.scales[:, 0])
+                                            for m in layers]))
+        self.fused = fused if fused.pack_for_cpu() else None
+
+    @staticmethod
+    def fits(layers: list[nn.Module]) -> bool:
+        """QuantLinears on CPU of one width, group and dtype (what one kernel product can hold)."""
+        if not all(isinstance(m, QuantLinear) for m in layers):
+            return False
+        return len({(m.in_features, m.bits, m.group, m.scales.dtype, m.qweight.device.type) for m in layers}) == 1 \
+            and layers[0].qweight.device.type == "cpu"
+
+    def takes(self, x: torch.Tensor) -> bool:
+        return self.fused is not None and x.device.type == "cpu" and x.dtype in kernel.DTYPES
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused(x)
+
+
 def _targets(model: nn.Module, config: QuantConfig) -> list[tuple[str, nn.Linear, QuantConfig]]:
     """(name, layer, how) of every linear layer `config` converts: those of its parts but the head, and the head
     on HEAD_CONFIG if `config.head`."""

@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nativevl.config import TextConfig
 from nativevl.kernels import PackedLinear
+from nativevl.model.quant import QuantGroup
 from nativevl.model.attention import AttentionInputs, attend
 from nativevl.model.layers import RMSNorm, activation
 
@@ -188,7 +189,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.num_kv_heads * hd, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(d, self.num_kv_heads * hd, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.num_heads * hd, d, bias=False)
-        self.packed: PackedLinear | None = None
+        self.packed: PackedLinear | QuantGroup | None = None
         self.kernel_attention = False  # CPU bf16 prompts on nativevl's kernel (nativevl/kernels): prepack_linears
 
     def forward(self, x: torch.Tensor, a: AttentionInputs, cache: KVCache | None) -> torch.Tensor:
@@ -216,7 +217,7 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
         self.act = activation(cfg.hidden_act)
-        self.packed: PackedLinear | None = None
+        self.packed: PackedLinear | QuantGroup | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None and self.packed.takes(x):
