@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from nativevl import InternVL, preset
-from nativevl.model.quant import QuantConfig, QuantLinear, _targets
+from nativevl.model.quant import QuantConfig, QuantLinear, layers_to_quantize
 
 
 def peak_gb() -> float:
@@ -51,7 +51,7 @@ def quantized_random(name: str, config: QuantConfig, dtype: torch.dtype = torch.
     lm.tie_weights()
     model.init_weights()  # the meta layers are left as they are (an op on meta tensors does nothing)
     model.to(dtype)
-    targets = {id(layer): (layer_name, how) for layer_name, layer, how in _targets(model, config)}
+    targets = {id(layer): (layer_name, how) for layer_name, layer, how in layers_to_quantize(model, config)}
     std = cfg.text.initializer_range
     for block in later:
         block.to_empty(device="cpu")

@@ -16,7 +16,7 @@ from nativevl.data.v2pe import v2pe_positions
 from nativevl.infer.generate import GenerationConfig, generate, generate_steps
 from nativevl.model.internvl import InternVLModel
 from nativevl.model.layers import prepack_linears
-from nativevl.model.quant import QuantConfig, QuantGroup, QuantLinear, quantize_once
+from nativevl.model.quant import QuantConfig, pack_model_for_cpu, quantize_once
 from nativevl.tokenizer import InternVLTokenizer
 
 History = list[tuple[str, str]]
@@ -270,10 +270,6 @@ def speed_up(model: InternVLModel, prepack: bool = False, compile: bool = False,
     if prepack:
         prepack_model(model)
     if compile:
-        grouped = {id(m) for owner in model.modules() if isinstance(getattr(owner, "packed", None), QuantGroup)
-                   for m in (getattr(owner, name) for name in owner.PACKED_TOGETHER)}
-        for layer in model.modules():  # the kernel's copies made now: a compiled forward does not make them
-            if isinstance(layer, QuantLinear) and layer.qweight.device.type == "cpu" and id(layer) not in grouped:
-                layer.pack_for_cpu()
+        pack_model_for_cpu(model)  # quantized layers' kernel copies: a compiled forward does not make them
         model.language_model.compile(dynamic=True)
     return model

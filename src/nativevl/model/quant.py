@@ -199,15 +199,14 @@ class QuantGroup:
             if fused.bias is not None:
                 fused.bias.copy_(torch.cat([m.bias if m.bias is not None else torch.zeros_like(m.scales[:, 0])
                                             for m in layers]))
+        self.layers = layers
         self.fused = fused if fused.pack_for_cpu() else None
 
     @staticmethod
     def fits(layers: list[nn.Module]) -> bool:
         """QuantLinears on CPU of one width, group and dtype (what one kernel product can hold)."""
-        if not all(isinstance(m, QuantLinear) for m in layers):
-            return False
-        return len({(m.in_features, m.bits, m.group, m.scales.dtype, m.qweight.device.type) for m in layers}) == 1 \
-            and layers[0].qweight.device.type == "cpu"
+        return all(isinstance(m, QuantLinear) and m.qweight.device.type == "cpu" for m in layers) \
+            and len({(m.in_features, m.bits, m.group, m.scales.dtype) for m in layers}) == 1
 
     def takes(self, x: torch.Tensor) -> bool:
         return self.fused is not None and x.device.type == "cpu" and x.dtype in kernel.DTYPES
@@ -216,7 +215,17 @@ class QuantGroup:
         return self.fused(x)
 
 
-def _targets(model: nn.Module, config: QuantConfig) -> list[tuple[str, nn.Linear, QuantConfig]]:
+def pack_model_for_cpu(model: nn.Module) -> None:
+    """Every CPU QuantLinear's kernel copy made now, as a compiled forward does not make them; the layers a
+    QuantGroup multiplies are left out (the group holds their copy)."""
+    grouped = {id(layer) for m in model.modules() if isinstance(getattr(m, "packed", None), QuantGroup)
+               for layer in m.packed.layers}
+    for layer in model.modules():
+        if isinstance(layer, QuantLinear) and layer.qweight.device.type == "cpu" and id(layer) not in grouped:
+            layer.pack_for_cpu()
+
+
+def layers_to_quantize(model: nn.Module, config: QuantConfig) -> list[tuple[str, nn.Linear, QuantConfig]]:
     """(name, layer, how) of every linear layer `config` converts: those of its parts but the head, and the head
     on HEAD_CONFIG if `config.head`."""
     head = replace(config, **HEAD_CONFIG)
@@ -243,7 +252,7 @@ def quantize(model: nn.Module, config: QuantConfig | str) -> nn.Module:
     config = QuantConfig.named(config) if isinstance(config, str) else config
     if getattr(model, "quantization", None) is not None:
         raise ValueError("the model is quantized already")
-    for name, layer, how in _targets(model, config):
+    for name, layer, how in layers_to_quantize(model, config):
         try:
             _swap(model, name, QuantLinear.from_linear(layer, how))
         except ValueError as e:
@@ -256,7 +265,7 @@ def quantize(model: nn.Module, config: QuantConfig | str) -> nn.Module:
 def quantized_structure(model: nn.Module, config: QuantConfig) -> nn.Module:
     """`quantize`'s module structure with empty codes (on the model's device, meta for loading): what a
     quantized checkpoint is read into."""
-    for name, layer, how in _targets(model, config):
+    for name, layer, how in layers_to_quantize(model, config):
         _swap(model, name, QuantLinear(layer.in_features, layer.out_features, how.bits, how.group_size,
                                        layer.bias is not None, dtype=layer.weight.dtype, device=layer.weight.device))
     _untie(model, config)
