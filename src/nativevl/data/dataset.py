@@ -30,7 +30,7 @@ from PIL import Image
 from nativevl.config import IGNORE_INDEX
 from nativevl.conversation import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, get_template
 from nativevl.data.image import ImageError, dynamic_preprocess, normalize, open_image
-from nativevl.data.v2pe import V2PE_DELTAS, v2pe_positions_row
+from nativevl.data.v2pe import V2PE_DELTAS, V2PE_MODES, v2pe_positions_row
 from nativevl.data.video import VideoError, _frame_count, read_frames
 from nativevl.tokenizer import IMG_END, IMG_START, InternVLTokenizer
 
@@ -97,8 +97,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         """Settings that would make every record fail are refused here, before any record is read."""
-        if self.v2pe not in ("off", "fixed", "random"):
-            raise ValueError(f"v2pe must be 'off', 'fixed' or 'random', got {self.v2pe!r}")
+        if self.v2pe not in V2PE_MODES:
+            raise ValueError(f"v2pe must be one of {', '.join(V2PE_MODES)}, got {self.v2pe!r}")
         for name in ("max_seq_length", "max_dynamic_patch", "min_dynamic_patch", "image_size", "num_image_token",
                      "min_num_frame", "max_num_frame"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
@@ -356,7 +356,7 @@ def _positions(ids: list[int], tokenizer: InternVLTokenizer, num_images: int, cf
     elif cfg.v2pe == "random":
         deltas = [rng.choice(V2PE_DELTAS) for _ in range(num_images)]
     else:
-        raise ValueError(f"v2pe must be 'off', 'fixed' or 'random', got {cfg.v2pe!r}")
+        raise ValueError(f"v2pe must be one of {', '.join(V2PE_MODES)}, got {cfg.v2pe!r}")
     return torch.tensor(v2pe_positions_row(ids, tokenizer.img_context_id, deltas), dtype=torch.float32)
 
 

@@ -14,6 +14,8 @@ import torch
 
 # The paper's per-image choices: strides 1, 2, 4, …, 256 tokens of position for 256 tokens of image.
 V2PE_DELTAS = tuple(2.0**-k for k in range(9))
+# How a sample's deltas are chosen: "off" (integer positions), "fixed" (one delta for every image), "random".
+V2PE_MODES = ("off", "fixed", "random")
 
 
 def v2pe_positions_row(ids: Sequence[int], img_context_id: int, deltas: float | Sequence[float]) -> list[float]:

@@ -19,11 +19,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nativevl.config import PRESETS, ModelConfig, TextConfig, VisionConfig
+from nativevl.data.v2pe import V2PE_MODES
 
 STAGES = ("pretrain", "sft", "mpo")
 PRECISIONS = ("bf16", "fp32")
-LOSS_REDUCTIONS = ("token", "sample", "square")  # train/losses.py's REDUCTIONS is this tuple
-V2PE_MODES = ("off", "fixed", "random")
+LOSS_REDUCTIONS = ("token", "sample", "square")  # how per-token losses average (train/losses.py, spec §5)
 
 
 class ConfigError(ValueError):

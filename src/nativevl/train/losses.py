@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 from nativevl.config import IGNORE_INDEX
 from nativevl.model.internvl import lm_loss
+from nativevl.train.config import LOSS_REDUCTIONS
 
-REDUCTIONS = ("token", "sample", "square")
+REDUCTIONS = LOSS_REDUCTIONS
 
 
 def sample_weight(supervised: int, reduction: str) -> float:
