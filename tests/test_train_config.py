@@ -44,13 +44,20 @@ BAD = [
      "model.overrides: unknown model field 'text.hiden_size'; did you mean 'text.hidden_size'?"),
     (["data.min_num_frame=40"], "data.min_num_frame = 40 is above data.max_num_frame = 32"),
     (["model.checkpoint=ckpt"], "model.overrides apply to a preset, not to model.checkpoint"),
-    (["freeze.vit=true", "freeze.projector=true", "freeze.llm=true"], "freeze.vit, freeze.projector and freeze.llm are all true: nothing to train"),
+    (["freeze.vit=true", "freeze.projector=true", "freeze.llm=true"],
+     "freeze.vit, freeze.projector and freeze.llm are all true and no LoRA rank is set: nothing to train"),
+    (["model.quantize=int4"], "model.quantize = 'int4' freezes the language model in int8/int4 (QLoRA): it needs "
+                              "lora.llm_rank > 0"),
+    (["model.quantize=int3"], 'model.quantize = "int3": must be one of "", "int8", "int4"'),
+    (['lora.target_modules=["attention.wqkv"]'], "lora.target_modules is set but lora.llm_rank = 0"),
+    (['lora.vit_target_modules=["attn.qkv"]'], "lora.vit_target_modules is set but lora.vit_rank = 0"),
+    (["lora.llm_rank=-2"], "lora.llm_rank = -2: must be >= 0"),
     (["freeze.unfreeze_vit_layers=-4"], "freeze.unfreeze_vit_layers = -4 trains layers of a frozen ViT again: it "
                                         "needs freeze.vit = true"),
     (["stage=mpo", "mpo.dpo_weight=0", "mpo.bco_weight=0", "mpo.sft_weight=0"],
      "mpo.dpo_weight, mpo.bco_weight and mpo.sft_weight are all 0: the MPO loss would be 0"),
     (["optm.lr=1"], "unknown config section 'optm' in 'optm.lr'; did you mean 'optim'? sections: model, data, "
-                    "optim, freeze, mpo"),
+                    "optim, freeze, lora, mpo"),
     (["optim.lrr=1"], "unknown config field 'optim.lrr'; did you mean 'optim.lr'? fields of [optim]: lr, "),
     (["stepz=3"], "unknown config field 'stepz'; did you mean 'steps'? top-level fields: name, stage, "),
     (["optim=3"], "optim is a section; give its fields"),

@@ -111,6 +111,20 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([packed & 15, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
 
 
+class _FrozenProduct(torch.autograd.Function):
+    """x W^T for a frozen quantized W with a gradient for x only (QLoRA): W is dequantized for the product and
+    again in the backward, never kept for it, so training holds the packed codes and not a float copy."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:  # noqa: ANN001 - autograd's ctx
+        ctx.layer = layer
+        return F.linear(x, layer.dequantize(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        return grad @ ctx.layer.dequantize(grad.dtype), None
+
+
 class QuantLinear(nn.Module):
     """nn.Linear with weight-only int8 or int4 codes (module docstring); bias, if any, in float."""
 
@@ -169,6 +183,9 @@ class QuantLinear(nn.Module):
         return self.block > 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():  # a LoRA above trains through this frozen layer (QLoRA)
+            y = _FrozenProduct.apply(x, self)
+            return y if self.bias is None else y + self.bias.to(x.dtype)
         if x.device.type == "cpu" and x.dtype in kernel.DTYPES:
             if not torch.compiler.is_compiling():  # a compiled model was packed before (speed_up)
                 self.pack_for_cpu()

@@ -77,6 +77,9 @@ class ModelSpec:
     # ModelConfig fields, e.g. {"text.hidden_size": 128} (presets only)
     overrides: dict[str, Any] = setting(factory=dict, check=_check_model_overrides)
     vocab_from_tokenizer: bool = True  # a preset's vocabulary and <IMG_CONTEXT> id follow the tokenizer
+    # "int8" / "int4": QLoRA, the language model's linear layers quantized on load and kept packed (needs
+    # lora.llm_rank); "" keeps the checkpoint's dtype
+    quantize: str = setting("", choices=("", "int8", "int4"))
 
 
 @dataclass
@@ -123,6 +126,22 @@ class FreezeSpec:
 
 
 @dataclass
+class LoraSpec:
+    """LoRA as the original's `use_llm_lora` / `use_backbone_lora`: alpha = 2 x rank, PEFT's layers; a wrapped
+    part's base is frozen (as `get_peft_model` freezes it). Applied after `freeze.vit` / `freeze.llm`, before
+    `freeze.projector` and `freeze.unfreeze_vit_layers` (the original's order)."""
+
+    llm_rank: int = setting(0, ge=0)  # rank of the language model's adapters (0: none)
+    vit_rank: int = setting(0, ge=0)  # rank of the vision tower's adapters (0: none)
+    # the LLM's target modules in its family's names (default the original's: Qwen2/Llama q,k,v,o,gate,up,down
+    # projections; InternLM2 attention.wqkv, attention.wo, feed_forward.w1/w2/w3)
+    target_modules: list[str] = setting(factory=list)
+    vit_target_modules: list[str] = setting(factory=list)  # default attn.qkv, attn.proj, mlp.fc1, mlp.fc2
+    dropout: float = setting(0.05, ge=0, lt=1)
+    unfreeze_lm_head: bool = False  # train the output head in full beside the adapters
+
+
+@dataclass
 class MPOSpec:
     """Mixed preference optimisation (spec §9.4): w_p · DPO sigmoid + w_q · BCO pair + w_g · chosen-answer NLL."""
 
@@ -157,6 +176,7 @@ class TrainConfig:
     data: DataSpec = field(default_factory=DataSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)
     freeze: FreezeSpec = field(default_factory=FreezeSpec)
+    lora: LoraSpec = field(default_factory=LoraSpec)
     mpo: MPOSpec = field(default_factory=MPOSpec)
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,11 +198,19 @@ RULES: tuple[tuple[Callable[[TrainConfig], bool], Callable[[TrainConfig], str]],
     (lambda c: bool(c.model.checkpoint and c.model.overrides),
      lambda c: "model.overrides apply to a preset, not to model.checkpoint: drop one "
                "(--set 'model.overrides={}' or --set model.checkpoint=\"\")"),
-    (lambda c: c.freeze.vit and c.freeze.projector and c.freeze.llm and c.freeze.unfreeze_vit_layers is None,
-     lambda c: "freeze.vit, freeze.projector and freeze.llm are all true: nothing to train"),
+    (lambda c: c.freeze.vit and c.freeze.projector and c.freeze.llm and c.freeze.unfreeze_vit_layers is None
+     and not (c.lora.llm_rank or c.lora.vit_rank or c.lora.unfreeze_lm_head),
+     lambda c: "freeze.vit, freeze.projector and freeze.llm are all true and no LoRA rank is set: nothing to train"),
     (lambda c: c.freeze.unfreeze_vit_layers is not None and not c.freeze.vit,
      lambda c: f"freeze.unfreeze_vit_layers = {c.freeze.unfreeze_vit_layers} trains layers of a frozen ViT "
                "again: it needs freeze.vit = true"),
+    (lambda c: bool(c.model.quantize) and not c.lora.llm_rank,
+     lambda c: f"model.quantize = {c.model.quantize!r} freezes the language model in int8/int4 (QLoRA): it "
+               "needs lora.llm_rank > 0"),
+    (lambda c: bool(c.lora.target_modules) and not c.lora.llm_rank,
+     lambda c: "lora.target_modules is set but lora.llm_rank = 0: give the rank (the original's use_llm_lora)"),
+    (lambda c: bool(c.lora.vit_target_modules) and not c.lora.vit_rank,
+     lambda c: "lora.vit_target_modules is set but lora.vit_rank = 0: give the rank (use_backbone_lora)"),
     (lambda c: c.stage == "mpo" and not (c.mpo.dpo_weight or c.mpo.bco_weight or c.mpo.sft_weight),
      lambda c: "mpo.dpo_weight, mpo.bco_weight and mpo.sft_weight are all 0: the MPO loss would be 0"),
 )

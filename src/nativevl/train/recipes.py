@@ -4,6 +4,8 @@
   data mixed about 1:3, V2PE with a random δ per image, square-averaged loss, packed rows.
 - `sft`: supervised fine-tuning: the same loop on conversation data, JPEG augmentation (per dataset), square
   averaging, packing, V2PE.
+- `sft_lora`: LoRA SFT with the original's InternVL2.5-1B LoRA script settings (`lora.llm_rank = 16`, every
+  part's base frozen); `--set model.quantize=int4` makes it QLoRA.
 - `mpo`: mixed preference optimisation (InternVL3's scripts): 0.8 DPO + 0.2 BCO pair + 1.0 SFT loss against a
   frozen reference loaded from the same checkpoint, on MMPR-style pairs; every module trainable.
 - `prm`: a process reward model: SFT on VisualPRM conversations labelled by `nativevl prm-data`.
@@ -27,6 +29,7 @@ from nativevl.train.config import (
     ConfigError,
     DataSpec,
     FreezeSpec,
+    LoraSpec,
     ModelSpec,
     OptimSpec,
     TrainConfig,
@@ -57,6 +60,18 @@ def sft() -> TrainConfig:
         optim=OptimSpec(lr=2e-5),
         loss_reduction="square",
     )
+
+
+def sft_lora() -> TrainConfig:
+    """LoRA SFT as the original's InternVL2.5-1B LoRA script: ViT, projector and LLM frozen, LLM rank 16, lr 4e-5."""
+    cfg = sft()
+    cfg.name, cfg.out = "sft_lora", "runs/sft_lora"
+    cfg.freeze = FreezeSpec(vit=True, projector=True, llm=True)
+    cfg.lora = LoraSpec(llm_rank=16)
+    cfg.optim = OptimSpec(lr=4e-5)
+    cfg.data.max_dynamic_patch = 6
+    cfg.activation_checkpointing = True  # grad_checkpoint True in the script
+    return cfg
 
 
 def mpo() -> TrainConfig:
@@ -170,7 +185,7 @@ def demo_prm() -> TrainConfig:
 
 
 RECIPES: dict[str, Callable[[], TrainConfig]] = {
-    f.__name__: f for f in (pretrain, sft, mpo, prm, posthoc_warmup, posthoc_vit, demo_pretrain, demo_sft,
+    f.__name__: f for f in (pretrain, sft, sft_lora, mpo, prm, posthoc_warmup, posthoc_vit, demo_pretrain, demo_sft,
                             demo_mpo, demo_prm)
 }
 

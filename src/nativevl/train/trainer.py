@@ -38,7 +38,8 @@ from nativevl.tokenizer import IM_END, IM_START, load_tokenizer
 from nativevl.train import checkpoint as ckpt
 from nativevl.train.config import STAGES, TrainConfig, validate  # noqa: F401 - STAGES: its old home
 from nativevl.train.losses import RunningMean, mpo_loss, reduce_denominator, sequence_logps, token_weights
-from nativevl.weights import SIDECAR_FILES, load_model, read_state, save_state
+from nativevl.train.trainable import make_trainable, quantize_base, read_model, uses_lora, write_model
+from nativevl.weights import SIDECAR_FILES, checkpoint_hash, load_model
 
 log = logging.getLogger("nativevl.train")
 
@@ -145,6 +146,7 @@ class Trainer:
         self.tokenizer_dir = Path(cfg.data.tokenizer or cfg.model.checkpoint)
         self.tokenizer = load_tokenizer(self.tokenizer_dir)
         self.model = self._build_model()
+        self.base_sha256 = self._base_hash()
         self.data_cfg = DataConfig(
             max_seq_length=cfg.data.max_seq_length, max_dynamic_patch=cfg.data.max_dynamic_patch,
             image_size=cfg.data.image_size, num_image_token=self.model.num_image_token,
@@ -153,7 +155,8 @@ class Trainer:
             max_num_frame=cfg.data.max_num_frame)
         self.stream_cfg = StreamConfig(seed=cfg.seed, text_ratio=cfg.data.text_ratio, max_tokens=cfg.data.max_tokens,
                                        max_tiles=cfg.data.max_tiles, pairs=cfg.stage == "mpo")
-        self.reference = self._build_reference() if cfg.stage == "mpo" else None
+        # MPO's reference: a frozen copy of the start, or with LoRA the same model with its adapters disabled
+        self.reference = self._build_reference() if cfg.stage == "mpo" and not uses_lora(cfg) else None
         self.running = RunningMean()  # MPO's BCO reward shift
         self.check_data()
         self._prepare_model()
@@ -170,8 +173,6 @@ class Trainer:
 
     def _build_reference(self) -> InternVLModel:
         """MPO's frozen reference: a second copy of the starting checkpoint, in eval mode (no drop path)."""
-        if not self.cfg.model.checkpoint:
-            raise TrainingError("stage mpo needs model.checkpoint: the policy and its reference start from it")
         reference = load_model(self.cfg.model.checkpoint, dtype=torch.float32).to(self.dist.device)
         reference.requires_grad_(False)
         self._shard(reference)
@@ -191,6 +192,8 @@ class Trainer:
 
     def _build_model(self) -> InternVLModel:
         spec = self.cfg.model
+        if self.cfg.stage == "mpo" and not spec.checkpoint:
+            raise TrainingError("stage mpo needs model.checkpoint: the policy and its reference start from it")
         if spec.checkpoint:  # (validate refused model.overrides with a checkpoint)
             model = load_model(spec.checkpoint, dtype=torch.float32)
         else:
@@ -207,7 +210,15 @@ class Trainer:
             model.config.vision.drop_path_rate = self.cfg.drop_path_rate
         # chat and Pipeline tile images as the model was trained (the original writes its data args into the config)
         model.config.max_dynamic_patch = self.cfg.data.max_dynamic_patch
+        if spec.quantize:
+            quantize_base(model, self.cfg)
         return model.to(self.dist.device)
+
+    def _base_hash(self) -> str | None:
+        """The hash a LoRA run records of its base checkpoint (None: no LoRA, or a base built from a preset)."""
+        if not (uses_lora(self.cfg) and self.cfg.model.checkpoint):
+            return None
+        return checkpoint_hash(self.cfg.model.checkpoint)
 
     def _stream(self, rank: int, world: int) -> TrainStream:
         if not self.cfg.data.meta:
@@ -253,12 +264,14 @@ class Trainer:
             log.info("data check passed: %d samples in %d batches, %d records skipped", seen, batches, skipped)
 
     def _prepare_model(self) -> None:
-        f, model = self.cfg.freeze, self.model
-        for part, frozen in ((model.vision_model, f.vit), (model.mlp1, f.projector), (model.language_model, f.llm)):
-            part.requires_grad_(not frozen)
-        if f.vit and f.unfreeze_vit_layers is not None:
-            for layer in model.vision_model.encoder.layers[f.unfreeze_vit_layers:]:
-                layer.requires_grad_(True)
+        model = self.model
+        make_trainable(model, self.cfg)
+        full = [n for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n]
+        if self.reference is None and self.cfg.stage == "mpo" and full:
+            raise TrainingError(f"stage mpo with LoRA takes the base with its adapters disabled as the reference, "
+                                f"so nothing may train in full beside them; these would ({len(full)}: "
+                                f"{', '.join(full[:3])}, ...): freeze them (freeze.projector = true, "
+                                f"lora.unfreeze_lm_head = false, ...) or train MPO without LoRA")
         if not any(p.requires_grad for p in model.parameters()):
             raise TrainingError("every parameter is frozen: nothing to train")
         model.vision_model.activation_checkpointing = self.cfg.activation_checkpointing
@@ -309,11 +322,23 @@ class Trainer:
             labels, cu = batch.labels.to(device), batch.cu_seqlens.to(device)
             logps, counts = sequence_logps(self._forward(self.model, batch).logits, labels, cu)
             with torch.no_grad():
-                ref, _ = sequence_logps(self._forward(self.reference, batch).logits, labels, cu)
+                ref, _ = sequence_logps(self._reference_logits(batch), labels, cu)
             nll = -logps[0::2].sum() / counts[0::2].sum().clamp_min(1)  # token-mean CE of the chosen answers
             loss, stats = mpo_loss(logps[0::2], logps[1::2], ref[0::2], ref[1::2], nll, self.running, beta=m.beta,
                                    weights=(m.dpo_weight, m.bco_weight, m.sft_weight))
             yield loss / len(batches), stats
+
+    def _reference_logits(self, batch: PackedBatch) -> torch.Tensor:
+        if self.reference is not None:
+            return self._forward(self.reference, batch).logits
+        from nativevl.weights.lora import adapters_disabled
+
+        self.model.eval()  # as the frozen copy: no drop path, no LoRA dropout
+        try:
+            with adapters_disabled(self.model):
+                return self._forward(self.model, batch).logits
+        finally:
+            self.model.train()
 
     def train_step(self, batches: list[PackedBatch]) -> dict[str, float]:
         device = self.dist.device
@@ -410,7 +435,7 @@ class Trainer:
             tmp = ckpt.begin(self.out, self.step)
         self.dist.barrier()
         if self.dist.main:
-            save_state(model_state, self.model.config, tmp)
+            write_model(self.model, model_state, self.cfg, tmp, self.base_sha256)
             self._copy_tokenizer(tmp)
             ckpt.save_optimizer(optim_state, tmp)
             (tmp / "config.toml").write_text(self.cfg.to_toml())
@@ -428,10 +453,11 @@ class Trainer:
         self.dist.barrier()
 
     def save_final(self, model_state: dict[str, torch.Tensor]) -> None:
-        """`out/final`: the model alone (original layout + tokenizer), for `nativevl chat` or the next stage."""
+        """`out/final`: the model alone (original layout + tokenizer), for `nativevl chat` or the next stage;
+        with LoRA the adapter (PEFT's format) naming its base."""
         final, tmp = self.out / "final", self.out / ".final.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_state(model_state, self.model.config, tmp)
+        write_model(self.model, model_state, self.cfg, tmp, self.base_sha256)
         self._copy_tokenizer(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -466,11 +492,12 @@ class Trainer:
         rank_file = folder / f"rank{self.dist.rank}.json"
         if not rank_file.is_file():
             raise TrainingError(f"{folder} was written by a run with another number of processes")
+        self._check_base(folder)
+        model_state = read_model(self.model, self.cfg, folder)
+        # a LoRA checkpoint holds what trains: the frozen base stays as loaded
+        set_model_state_dict(self.model, model_state,
+                             options=StateDictOptions(full_state_dict=True, strict=not uses_lora(self.cfg)))
         options = StateDictOptions(full_state_dict=True)
-        model_state = read_state(folder)
-        if self.model.config.text.tie_word_embeddings:  # a tied head is not stored
-            model_state["language_model.lm_head.weight"] = model_state["language_model.model.embed_tokens.weight"]
-        set_model_state_dict(self.model, model_state, options=options)
         set_optimizer_state_dict(self.model, self.optimizer, ckpt.load_optimizer(folder), options=options)
         trainer = json.loads((folder / "trainer.json").read_text())
         self.step, self.nonfinite_skipped = trainer["step"], trainer["nonfinite_skipped"]
@@ -487,6 +514,18 @@ class Trainer:
         if self.dist.main:
             log.info("resumed from %s (step %d)", folder, self.step)
 
+
+    def _check_base(self, folder: Path) -> None:
+        """A LoRA checkpoint resumes only on the base it was trained on."""
+        if not uses_lora(self.cfg):
+            return
+        from nativevl.weights.lora import ADAPTER_BASE, read_adapter_base
+
+        recorded = read_adapter_base(folder).get("base_sha256")
+        if recorded != self.base_sha256:
+            raise TrainingError(f"{folder / ADAPTER_BASE}: the adapters were trained on another base (base_sha256 "
+                                f"{recorded}) than model.checkpoint = {self.cfg.model.checkpoint!r} "
+                                f"({self.base_sha256}): resume with that base, or start afresh with resume=false")
 
     def _check_stream_shape(self, folder: Path, rank_state: dict[str, Any]) -> None:
         """The data order depends on the loader count (grad_accum) and worker count: resuming with others would

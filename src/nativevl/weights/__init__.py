@@ -21,6 +21,7 @@ from nativevl.weights.configs import config_from_dict, config_to_dict, read_conf
 from nativevl.weights.errors import LAYOUTS, CheckpointError
 from nativevl.weights.files import (
     SIDECAR_FILES,
+    checkpoint_hash,
     convert,
     load_model,
     own_state_dict,
@@ -35,6 +36,7 @@ from nativevl.weights.names import from_internlm2, from_transformers, to_internl
 __all__ = [
     "LAYOUTS",
     "SIDECAR_FILES",
+    "checkpoint_hash",
     "CheckpointError",
     "config_from_dict",
     "config_to_dict",

@@ -7,6 +7,7 @@ into a model built on the meta device, so a load in the stored dtype holds one c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -133,9 +134,12 @@ def load_model(
     model_class: type[M] = InternVLModel,
 ) -> M:
     """Read a checkpoint folder of either layout. dtype None keeps the stored dtype. `model_class` is built
-    (`nativevl.InternVL`, the class users hold, passes itself)."""
+    (`nativevl.InternVL`, the class users hold, passes itself). A LoRA adapter folder (a LoRA run's `final`)
+    loads the base it names with the adapter merged in (weights/lora.py)."""
     device = check_device(device)
     folder = Path(path)
+    if not (folder / "config.json").is_file() and (folder / "adapter_config.json").is_file():
+        return load_merged(folder, dtype=dtype, device=device, model_class=model_class)
     cfg, layout = read_config(folder)
     with torch.device("meta"):
         model = model_class(cfg)
@@ -172,6 +176,28 @@ def load_model(
     if left:
         raise CheckpointError(f"{folder}: no weights were read for {', '.join(left)}")
     return model
+
+
+def load_merged(folder: str | Path, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                model_class: type[M] = InternVLModel) -> M:
+    """The base checkpoint a LoRA adapter folder names, with the adapter merged in (float32 unless `dtype`)."""
+    from nativevl.weights.lora import base_of, load_adapter, merge_lora
+
+    base = base_of(folder)
+    model = load_model(base, dtype=torch.float32, device=device, model_class=model_class)
+    merged = merge_lora(load_adapter(model, folder, base_sha256=checkpoint_hash(base)))
+    return merged.to(dtype) if dtype is not None else merged
+
+
+def checkpoint_hash(folder: str | Path) -> str:
+    """SHA-256 over a checkpoint's weight files (names and bytes): what a LoRA adapter records of its base."""
+    digest = hashlib.sha256()
+    for path in sorted(set(weight_files(Path(folder)).values())):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def _stored_head_is_tied(files: dict[str, Path], names: dict[str, str]) -> bool:

@@ -69,6 +69,7 @@ def _compile(rules: list[tuple[str, str]], reverse: bool) -> list[tuple[re.Patte
 _TO_HF = _compile(_RENAMES, reverse=False)
 _FROM_HF = _compile(_RENAMES, reverse=True)
 _FROM_IN_MEMORY = _compile(_IN_MEMORY, reverse=False)
+_TO_IN_MEMORY = _compile(_IN_MEMORY, reverse=True)
 
 
 _TO_INTERNLM2 = _compile(_INTERNLM2, reverse=False)
@@ -87,6 +88,12 @@ def legacy_name(key: str) -> str:
     """A transformers in-memory name (`model.vision_tower.*`, `lm_head.weight`) as its legacy on-disk name;
     any other name unchanged."""
     return _rename(key, _FROM_IN_MEMORY) or key
+
+
+def in_memory_name(key: str) -> str:
+    """A transformers legacy on-disk name as its in-memory one (the inverse of `legacy_name`; PEFT's adapter
+    files use these); any other name unchanged."""
+    return _rename(key, _TO_IN_MEMORY) or key
 
 
 def to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
