@@ -82,10 +82,18 @@ class Pipeline:
         compile: bool = False,
         prepack: bool = False,
         quantize: str | None = None,
+        adapter: str | Path | None = None,
     ) -> None:
+        """`adapter`: a LoRA adapter folder (PEFT's format) for the checkpoint at `path`, merged into it before
+        the speed switches (so `quantize` quantizes the merged weights)."""
         device = check_device(device)  # 'gpu', or cuda on a machine without one: one line before anything loads
-        self.model = speed_up(InternVL.from_pretrained(path, dtype=dtype, device=device).eval(), prepack, compile,
-                              quantize)
+        model = InternVL.from_pretrained(path, dtype=dtype, device=device).eval()
+        if adapter is not None:
+            from nativevl.weights import checkpoint_hash
+            from nativevl.weights.lora import load_adapter, merge_lora
+
+            model = merge_lora(load_adapter(model, adapter, base_sha256=checkpoint_hash(path)))
+        self.model = speed_up(model, prepack, compile, quantize)
         self.tokenizer = load_tokenizer(path)
         check_tokenizer(self.model, self.tokenizer)
         self.max_num = max_num or self.model.config.max_dynamic_patch

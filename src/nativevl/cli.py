@@ -3,18 +3,22 @@
   nativevl ablate (native-vs-posthoc | v2pe | mpo | best-of-n) [--seeds 3] [--work runs/ablate]
   nativevl chat MODEL [--image P]... [--video P] [--max-num N] [--dtype bfloat16] [PROMPT]
   nativevl chat MODEL --image P --best-of 8 --prm PRM_MODEL PROMPT
+  nativevl chat MODEL --adapter LORA_FOLDER [PROMPT]
   nativevl convert SRC DST --layout transformers [--dtype bfloat16] [--max-shard-size 5GB]
+  nativevl merge-lora ADAPTER OUT [--base MODEL] [--layout transformers]
   nativevl demo [--out DIR] [--no-align]
   nativevl eval MODEL (--mmmu DIR [--scoring mmmu] | --vqa PATH | --world WORLD_DIR) [--best-of N --prm PRM] [--out F]
   nativevl world generate OUT [--seed 0] [--scale 1.0]
   nativevl prm-data POLICY WORLD_DIR OUT [--questions 64] [--samples 4] [--k 16]
   nativevl serve MODEL [--host 127.0.0.1] [--port 8000] [--max-batch 16] [--allowed-local-media-path DIR]
+  nativevl serve MODEL --adapter NAME=LORA_FOLDER ...
   nativevl train RECIPE_OR_TOML [--set key=value]...
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from importlib.metadata import version
@@ -71,7 +75,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
         raise ValueError("--prm scores Best-of-N candidates: give --best-of N too (e.g. --best-of 8)")
     pipe = Pipeline(args.model, dtype=DTYPES.get(args.dtype), device=args.device, max_num=args.max_num,
                     v2pe_delta=args.v2pe_delta, compile=args.compile, prepack=args.prepack,
-                    quantize=args.quantize)
+                    quantize=args.quantize, adapter=args.adapter)
     if args.system is not None:
         pipe.model.config.system_message = args.system
     settings = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
@@ -169,7 +173,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from nativevl.api import Pipeline
     from nativevl.infer.prm import ProcessRewardModel
 
-    pipe = Pipeline(args.model, dtype=DTYPES.get(args.dtype), device=args.device, quantize=args.quantize)
+    pipe = Pipeline(args.model, dtype=DTYPES.get(args.dtype), device=args.device, quantize=args.quantize,
+                    adapter=args.adapter)
     prm = ProcessRewardModel(args.prm, aggregation=args.prm_aggregation) if args.prm else None
     rows: list = []
     if args.world:
@@ -248,8 +253,45 @@ def cmd_serve(args: argparse.Namespace) -> None:
                       allowed_local_media_path=args.allowed_local_media_path,
                       allow_remote_images=args.allow_remote_images, dtype=DTYPES.get(args.dtype), device=args.device,
                       v2pe_delta=args.v2pe_delta, compile=args.compile, prepack=args.prepack,
-                      quantize=args.quantize)
+                      quantize=args.quantize, adapters=adapter_names(args.adapter))
     serve(cfg, args.host, args.port, args.graceful_timeout)
+
+
+def adapter_names(values: list[str]) -> dict[str, str]:
+    """`--adapter [NAME=]FOLDER` values as {model id: folder}; a bare folder is served under its `model_id`."""
+    from nativevl.serve.api import model_id
+
+    named: dict[str, str] = {}
+    for value in values:
+        name, sep, folder = value.partition("=")
+        name, folder = (name, folder) if sep and not Path(value).exists() else (model_id(value), value)
+        if name in named:
+            raise ValueError(f"--adapter {value}: the name {name!r} is taken by --adapter {named[name]}; "
+                             "give each NAME=FOLDER")
+        named[name] = folder
+    return named
+
+
+def cmd_merge_lora(args: argparse.Namespace) -> None:
+    """Fold an adapter into its base and write the merged checkpoint (the original's tools/merge_lora.py)."""
+    from nativevl.weights import SIDECAR_FILES, checkpoint_hash, load_model, save_model
+    from nativevl.weights.lora import base_of, load_adapter, merge_lora
+
+    base = Path(args.base) if args.base else base_of(args.adapter)
+    model = load_model(base, dtype=torch.float32)
+    merged = merge_lora(load_adapter(model, args.adapter, base_sha256=checkpoint_hash(base)))
+    if args.dtype:
+        merged = merged.to(DTYPES[args.dtype])
+    save_model(merged, args.out, layout=args.layout)
+    for name in SIDECAR_FILES:
+        if (base / name).is_file():
+            shutil.copy2(base / name, Path(args.out) / name)
+    print(f"merged {args.adapter} into {base} -> {args.out} ({args.layout} layout)")
+
+
+def _adapter_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter", metavar="FOLDER", help="a LoRA adapter folder (PEFT's format, e.g. a LoRA run's "
+                   "final) for MODEL, merged into it on load")
 
 
 def _quantize_option(p: argparse.ArgumentParser) -> None:
@@ -284,6 +326,7 @@ def _chat_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, … (default cpu)")
     _speed_options(p)
+    _adapter_option(p)
     p.add_argument("--max-new-tokens", type=int, default=1024, help="answer length limit (default 1024)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
@@ -330,6 +373,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda, … (default cpu)")
     p.add_argument("--out", metavar="FILE", help="write the table and every reply as JSON")
     _quantize_option(p)
+    _adapter_option(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -443,16 +487,33 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
     p.add_argument("--device", help="cpu, cuda, … (default cpu)")
     p.add_argument("--v2pe-delta", type=float, help="V2PE position step of visual tokens (default: integer)")
+    p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]FOLDER",
+                   help="a LoRA adapter for MODEL, served beside it under NAME (default: the folder's id); "
+                   "repeatable; a request picks one by its `model` (no --prepack/--compile with adapters)")
     _speed_options(p)
     p.set_defaults(func=cmd_serve)
+
+
+def _merge_lora_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("merge-lora", help="fold a LoRA adapter into its base and write the merged checkpoint",
+                       description="The adapter (PEFT's format: a nativevl LoRA run's final or step folder, or one "
+                       "PEFT wrote for transformers' InternVL) is added to the base's weights; the result loads "
+                       "like any checkpoint. A quantized base (QLoRA) is dequantized: the merged weights are float.")
+    p.add_argument("adapter", help="adapter folder (adapter_config.json, adapter_model.safetensors)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--base", help="base checkpoint (default: the one the adapter names)")
+    p.add_argument("--layout", choices=["original", "transformers"], default="original",
+                   help="layout of the merged checkpoint (default original)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="cast the merged weights (default float32)")
+    p.set_defaults(func=cmd_merge_lora)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nativevl", description="InternVL3 in plain PyTorch.")
     parser.add_argument("--version", action="version", version=f"nativevl {version('nativevl')}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_chat_parser, _eval_parser, _convert_parser, _train_parser, _world_parser, _prm_data_parser,
-                _demo_parser, _ablate_parser, _serve_parser):  # the order `nativevl --help` lists them in
+    for add in (_chat_parser, _eval_parser, _convert_parser, _merge_lora_parser, _train_parser, _world_parser,
+                _prm_data_parser, _demo_parser, _ablate_parser, _serve_parser):  # the order `nativevl --help` lists them in
         add(sub)
     return parser
 

@@ -25,9 +25,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -82,6 +82,8 @@ class ServeConfig:
     compile: bool = False  # torch.compile the language model (dynamic shapes): faster decode after a warm-up
     prepack: bool = False  # CPU: oneDNN-packed Linear weights (a second copy of them)
     quantize: str | None = None  # "int8" / "int4": the language model's linear layers quantized on load
+    # LoRA adapters (model id -> adapter folder) beside the base, each answering requests that name it
+    adapters: dict[str, str] = field(default_factory=dict)
 
 
 class ApiError(Exception):
@@ -278,22 +280,46 @@ class Server:
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
         device = check_device(cfg.device)  # one line for 'gpu' or a device this machine lacks, before loading
-        self.model = speed_up(load_model(cfg.model, dtype=cfg.dtype, device=device).eval(),
-                              cfg.prepack, cfg.compile, cfg.quantize)
+        self.model = load_model(cfg.model, dtype=cfg.dtype, device=device).eval()
+        self.name = cfg.model_name or model_id(cfg.model)
+        use_adapter = self._load_adapters() if cfg.adapters else None
+        speed_up(self.model, cfg.prepack, cfg.compile, None if cfg.adapters else cfg.quantize)
         self.tokenizer: InternVLTokenizer = load_tokenizer(cfg.model)
         check_tokenizer(self.model, self.tokenizer)
-        self.name = cfg.model_name or model_id(cfg.model)
         self.max_tiles = cfg.max_tiles or self.model.config.max_dynamic_patch
         self.max_len = (cfg.max_model_len or self.tokenizer.model_max_length
                         or self.model.config.text.max_position_embeddings)
-        self.engine = Engine(self.model, self.tokenizer, cfg.max_batch, cfg.v2pe_delta)
+        self.engine = Engine(self.model, self.tokenizer, cfg.max_batch, cfg.v2pe_delta, use_adapter)
         self.created = int(time.time())
+
+    def _load_adapters(self) -> Callable[[str | None], None]:
+        """Every adapter into the one model (a quantized base first: the adapters stay float, as in QLoRA)."""
+        from nativevl.weights import checkpoint_hash
+        from nativevl.weights.lora import load_adapter, use_adapter
+
+        cfg = self.cfg
+        if cfg.prepack or cfg.compile:
+            raise ValueError("--adapter serves LoRA layers beside the base: without --prepack and --compile "
+                             "(merge one adapter into its base with `nativevl merge-lora` for those)")
+        if self.name in cfg.adapters:
+            raise ValueError(f"adapter name {self.name!r} is the base model's id: give the adapter another name")
+        speed_up(self.model, quantize=cfg.quantize)
+        digest = checkpoint_hash(cfg.model)
+        for name, folder in cfg.adapters.items():
+            load_adapter(self.model, folder, name=name, base_sha256=digest)
+        use_adapter(self.model, None)
+        return lambda name: use_adapter(self.model, name)
+
+    @property
+    def names(self) -> list[str]:
+        """The model ids this server answers to: the base's, then each adapter's."""
+        return [self.name, *self.cfg.adapters]
 
     def prepare(self, req: ChatRequest) -> tuple[list[int], torch.Tensor | None, GenerationConfig]:
         """Prompt ids, tiles and settings for a request, or an ApiError naming what is wrong."""
-        if req.model != self.name:
-            raise ApiError(404, f"the model {req.model!r} does not exist; this server serves {self.name!r}", "model",
-                           "model_not_found")
+        if req.model not in self.names:
+            raise ApiError(404, f"the model {req.model!r} does not exist; this server serves "
+                           f"{', '.join(map(repr, self.names))}", "model", "model_not_found")
         for key in UNSUPPORTED:
             if (req.model_extra or {}).get(key) not in (None, False, [], {}):
                 raise ApiError(400, f"{key} is not supported by this server", key)
@@ -337,7 +363,7 @@ class Server:
             seed = None if req.seed is None else req.seed + k
             cfg = GenerationConfig(**{**config.__dict__, "seed": seed})
             emit = (lambda e, k=k: loop.call_soon_threadsafe(events.put_nowait, (k, e)))
-            seqs.append(Sequence(list(ids), pixels, cfg, emit))
+            seqs.append(Sequence(list(ids), pixels, cfg, emit, adapter=None if req.model == self.name else req.model))
         for seq in seqs:
             self.engine.submit(seq)
         return seqs, events
@@ -388,8 +414,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": server.name, "object": "model", "created": server.created,
-                                            "owned_by": "nativevl", "max_model_len": server.max_len}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": server.created,
+                                            "owned_by": "nativevl", "max_model_len": server.max_len}
+                                           for name in server.names]}
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:

@@ -58,6 +58,7 @@ class Sequence:
     generator: torch.Generator | None = None
     count: int = 0  # tokens generated, eos included
     finished: bool = False
+    adapter: str | None = None  # the LoRA adapter to answer with (None: the base model)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -133,8 +134,11 @@ class Engine:
     """A background thread that decodes every submitted sequence, `max_batch` at a time."""
 
     def __init__(self, model: InternVLModel, tokenizer: InternVLTokenizer, max_batch: int = 16,
-                 v2pe_delta: float | None = None) -> None:
+                 v2pe_delta: float | None = None, use_adapter: Callable[[str | None], None] | None = None) -> None:
+        """`use_adapter(name)` makes LoRA adapter `name` (None: the base) the model's active one; a batch holds
+        the sequences of one adapter, admitted in arrival order (another adapter's waits for the batch to end)."""
         self.model, self.tokenizer = model.eval(), tokenizer
+        self.use_adapter, self.adapter = use_adapter, None
         self.max_batch, self.v2pe_delta = max_batch, v2pe_delta
         self.device = _device(model)
         self.inbox: queue.Queue[Sequence] = queue.Queue()
@@ -192,16 +196,22 @@ class Engine:
 
     def _admit(self) -> None:
         running = len(self.batch.seqs) if self.batch else 0
-        new = []
+        adapter = self.adapter if self.batch else None
+        new: list[Sequence] = []
         while self.waiting and running + len(new) < self.max_batch:
-            seq = self.waiting.popleft()
+            seq = self.waiting[0]
             if seq.cancelled:
-                seq.finish("cancelled")
-            else:
-                new.append(seq)
+                self.waiting.popleft().finish("cancelled")
+                continue
+            if (self.batch or new) and seq.adapter != (new[0].adapter if new else adapter):
+                break  # another adapter's turn comes when this batch ends
+            new.append(self.waiting.popleft())
         self.stats.waiting = len(self.waiting)
         if not new:
             return
+        if self.batch is None and new[0].adapter != self.adapter and self.use_adapter is not None:
+            self.use_adapter(new[0].adapter)
+            self.adapter = new[0].adapter
         try:
             group = self._prefill(new)
         except Exception as e:  # a prompt that cannot run (out of memory, …) fails alone

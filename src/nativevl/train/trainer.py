@@ -37,8 +37,20 @@ from nativevl.model.internvl import InternVLModel, Output
 from nativevl.tokenizer import IM_END, IM_START, load_tokenizer
 from nativevl.train import checkpoint as ckpt
 from nativevl.train.config import STAGES, TrainConfig, validate  # noqa: F401 - STAGES: its old home
-from nativevl.train.losses import RunningMean, mpo_loss, reduce_denominator, sequence_logps, token_weights
-from nativevl.train.trainable import make_trainable, quantize_base, read_model, uses_lora, write_model
+from nativevl.train.losses import (
+    RunningMean,
+    mpo_loss,
+    reduce_denominator,
+    sequence_logps,
+    token_weights,
+)
+from nativevl.train.trainable import (
+    make_trainable,
+    quantize_base,
+    read_model,
+    uses_lora,
+    write_model,
+)
 from nativevl.weights import SIDECAR_FILES, checkpoint_hash, load_model
 
 log = logging.getLogger("nativevl.train")

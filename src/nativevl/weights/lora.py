@@ -39,7 +39,12 @@ from torch import nn
 from nativevl.model.internvl import InternVLModel
 from nativevl.model.quant import QuantLinear
 from nativevl.weights.errors import CheckpointError
-from nativevl.weights.names import from_transformers, in_memory_name, legacy_name, to_transformers
+from nativevl.weights.names import (
+    from_transformers,
+    in_memory_name,
+    legacy_name,
+    to_transformers,
+)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -140,10 +145,13 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
             layer.enable_adapters(True)
 
 
-def use_adapter(model: nn.Module, name: str) -> None:
-    """Make adapter `name` the active one in every LoRA layer (the server's per-request choice)."""
+def use_adapter(model: nn.Module, name: str | None) -> None:
+    """Make adapter `name` the active one in every LoRA layer, or with None answer with the base alone (the
+    server's per-request choice)."""
     for _, layer in lora_layers(model):
-        layer.set_adapter(name)
+        layer.enable_adapters(name is not None)
+        if name is not None:
+            layer.set_adapter(name)
 
 
 def _delta(layer: LoraLayer, name: str) -> torch.Tensor:
@@ -392,9 +400,9 @@ def load_adapter(model: InternVLModel, folder: str | Path, name: str = "default"
     with torch.no_grad():
         for param, value in saved:
             param.copy_(value)
+    use_adapter(model, name)  # (PEFT's set_adapter marks the adapter trainable: freeze after it)
     if freeze:
         model.requires_grad_(False)
-    use_adapter(model, name)
     return model
 
 
