@@ -144,6 +144,8 @@ def test_bf16_activation_checkpointing_and_qlora_train_only_the_adapter(start, t
     trainer = Trainer(cfg)
     layer = trainer.model.language_model.model.layers[0].self_attn.q_proj
     codes = layer.base_layer.qweight.clone()
+    frozen = trainer.model.vision_model.encoder.layers[0].mlp.fc1  # kept in bf16: only read under autocast
+    assert frozen.weight.dtype == torch.bfloat16 and layer.lora_A["default"].weight.dtype == torch.float32
     vit_before = {k: v.clone() for k, v in trainer.model.vision_model.state_dict().items()}
     history = trainer.run()
     assert len(history) == 3 and all(math.isfinite(h["loss"]) for h in history)

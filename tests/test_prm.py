@@ -226,3 +226,19 @@ def test_prm_data_from_a_world_trains_as_sft_conversations(tmp_path):
     supervised = [t for t, lab in zip(sample.input_ids.tolist(), sample.labels.tolist(), strict=True) if lab != -100]
     plus = tok.encode("+")[0]
     assert supervised.count(plus) == sum(t["value"] == "+" for t in gold if t["from"] == "gpt")
+
+    # The PRM recipe with LoRA: its final folder is an adapter, which the PRM loads merged into its base.
+    from nativevl.infer.prm import ProcessRewardModel
+    from nativevl.train.recipes import load_config
+    from nativevl.train.trainer import train
+
+    values = {"steps": 2, "out": str(tmp_path / "prm_lora"), "progress": False, "precision": "fp32",
+              "model.checkpoint": str(checkpoint), "data.meta": str(tmp_path / "prm" / "meta_prm.json"),
+              "data.image_size": 224, "data.max_dynamic_patch": 2, "data.max_tokens": 1024, "data.max_tiles": 6,
+              "data.max_seq_length": 1024, "data.num_workers": 0, "lora.llm_rank": 4, "optim.lr": 1e-2}
+    history = train(load_config("prm", [f"{k}={json.dumps(v)}" for k, v in values.items()]))
+    assert len(history) == 2
+    final = tmp_path / "prm_lora" / "final"
+    assert (final / "adapter_config.json").is_file() and not (final / "model.safetensors").exists()
+    scores = ProcessRewardModel(str(final)).step_scores("What is 3 + 4?", "3 + 4 = 7.\n\nAnswer: 7.")
+    assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)

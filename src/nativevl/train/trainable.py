@@ -57,6 +57,14 @@ def make_trainable(model: InternVLModel, cfg: TrainConfig) -> None:
             layer.requires_grad_(True)
 
 
+def frozen_linears_to_bf16(model: InternVLModel) -> None:
+    """A LoRA run in bf16: under bf16 autocast a frozen Linear's weight is only ever read as bf16, so it is kept
+    so, half its float32 size (what trains keeps float32). Only where the base is not saved: LoRA runs."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad:
+            module.to(torch.bfloat16)
+
+
 def trained_in_full(model: InternVLModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The trainable tensors of `state` that are not LoRA's (the head, the projector, unfrozen ViT layers)."""
     trainable = {name for name, p in model.named_parameters() if p.requires_grad and ".lora_" not in name}

@@ -45,6 +45,7 @@ from nativevl.train.losses import (
     token_weights,
 )
 from nativevl.train.trainable import (
+    frozen_linears_to_bf16,
     make_trainable,
     quantize_base,
     read_model,
@@ -278,6 +279,8 @@ class Trainer:
     def _prepare_model(self) -> None:
         model = self.model
         make_trainable(model, self.cfg)
+        if uses_lora(self.cfg) and self.cfg.precision == "bf16":
+            frozen_linears_to_bf16(model)
         full = [n for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n]
         if self.reference is None and self.cfg.stage == "mpo" and full:
             raise TrainingError(f"stage mpo with LoRA takes the base with its adapters disabled as the reference, "
