@@ -7,12 +7,19 @@
 #   train      one training step at the InternVL3-1B shape: a packed 8192-token row with a 13-tile image, then
 #              16384 tokens (batch 2 x 8192's worth), tokens/s, MFU and peak memory;
 #   compile    decode at batch 1 and 32 again, now with the compiled paths too: transformers' static cache +
-#              torch.compile, nativevl --compile (minutes of compiling).
+#              torch.compile, nativevl --compile (minutes of compiling);
+#   serve      nativevl serve on the GPU (bf16): 32 concurrent clients, 64 requests of 64 tokens, tokens/s and
+#              p50/p99 latency (transformers has no server: its batch-32 generate from `inference` is the line
+#              to compare with).
+# What to expect (issue 31's targets; the H100 figures of 2026-11-24 in docs/benchmarks.md): gpu_check prints
+# one "ok" line per check and "all checks passed"; decode batch 1 eager ~18 ms/step on an H100 (target with
+# the CUDA graph <= 1 ms), time to first token with 13 tiles ~55 ms (target <= 30 ms), training ~30% MFU
+# (target >= 45%), batch 2 x 8192 tokens fitting.
 set -euo pipefail
 export PYTHONPATH="src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 out="${OUT:-.}"
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(inference train compile)
+[ ${#stages[@]} -eq 0 ] && stages=(inference train compile serve)
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(), torch.__version__)"
 for stage in "${stages[@]}"; do
   case "$stage" in
@@ -26,6 +33,9 @@ for stage in "${stages[@]}"; do
     compile)
       python3 -m benchmarks decode --device cuda --dtypes bfloat16 --batches 1,32 --steps 64 --repeats 3 \
           --compile --out "$out/gpu-compile.md" ;;
-    *) echo "unknown stage $stage (inference, train, compile)" >&2; exit 2 ;;
+    serve)
+      python3 benchmarks/serve.py --clients 32 --requests 64 --max-tokens 64 --repeats 3 \
+          --serve-flags="--device cuda --dtype bfloat16" | tee "$out/gpu-serve.md" ;;
+    *) echo "unknown stage $stage (inference, train, compile, serve)" >&2; exit 2 ;;
   esac
 done

@@ -116,8 +116,10 @@ def test_every_number_has_a_range_and_every_recipe_is_valid():
 
 def test_unknown_recipes_and_toml_files_say_what_exists(tmp_path):
     with pytest.raises(ConfigError, match="unknown recipe 'demo_pretrian'; did you mean 'demo_pretrain'\\? "
-                                          "recipes: pretrain, sft, mpo"):
+                                          "recipes: pretrain, sft, ") as raised:
         load_config("demo_pretrian")
+    listed = str(raised.value).split("recipes: ")[1].split(" (or")[0].split(", ")
+    assert sorted(listed) == sorted(RECIPES)  # every recipe is named, each once
     (tmp_path / "run.toml").write_text('recipe = "sft"\n[optim]\nlrr = 1\n')
     with pytest.raises(ConfigError, match=f"{tmp_path / 'run.toml'}: unknown config field 'optim.lrr'"):
         load_config(str(tmp_path / "run.toml"))
