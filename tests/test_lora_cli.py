@@ -4,6 +4,8 @@ and a server holding two adapters beside its base, each request answered by the 
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import shutil
 import signal
 
 import openai
@@ -62,6 +64,22 @@ def test_an_adapter_for_another_base_is_refused_by_name(adapters, tmp_path, caps
     with pytest.raises(SystemExit):
         main(["merge-lora", str(tmp_path / "nothing"), str(tmp_path / "out")])
     assert "no adapter_config.json (not a PEFT adapter folder)" in capsys.readouterr().err
+
+
+def test_an_adapter_whose_base_is_missing_names_the_file_that_names_it(adapters, tmp_path, capsys):
+    _, alpha, _ = adapters
+    moved = shutil.copytree(alpha, tmp_path / "moved")
+    (moved / "adapter_base.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone")}))
+    with pytest.raises(SystemExit):
+        main(["merge-lora", str(moved), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert f"{moved / 'adapter_base.json'}: base_model_name_or_path = '{tmp_path / 'gone'}' is not a checkpoint" in err
+    config = json.loads((moved / "adapter_config.json").read_text())  # an adapter PEFT wrote without a base
+    (moved / "adapter_base.json").unlink()
+    (moved / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
+    with pytest.raises(AdapterError, match=r"adapter_config\.json: base_model_name_or_path is not set: give the base"):
+        InternVL.from_pretrained(moved)
+    assert not (tmp_path / "out").exists()  # nothing written
 
 
 def test_the_server_answers_each_model_with_its_own_adapter(adapters, tmp_path):

@@ -471,11 +471,13 @@ def base_of(folder: str | Path) -> Path:
     """The base checkpoint an adapter names (adapter_base.json, else PEFT's base_model_name_or_path)."""
     folder = Path(folder)
     config = read_adapter_config(folder)
-    base = read_adapter_base(folder).get("base_model_name_or_path") or config.get("base_model_name_or_path")
+    named_in, base = folder / ADAPTER_BASE, read_adapter_base(folder).get("base_model_name_or_path")
     if not base:
-        raise AdapterError(f"{folder / ADAPTER_CONFIG}: base_model_name_or_path is not set: give the base "
+        named_in, base = folder / ADAPTER_CONFIG, config.get("base_model_name_or_path")
+    if not base:
+        raise AdapterError(f"{named_in}: base_model_name_or_path is not set: give the base "
                            f"checkpoint and the adapter apart (e.g. nativevl chat BASE --adapter {folder})")
     if not (Path(base) / "config.json").is_file():
-        raise AdapterError(f"{folder / ADAPTER_CONFIG}: base_model_name_or_path = {base!r} is not a checkpoint "
+        raise AdapterError(f"{named_in}: base_model_name_or_path = {base!r} is not a checkpoint "
                            "folder here (no config.json); give the base and the adapter apart")
     return Path(base)
