@@ -20,8 +20,9 @@ VISION_6B = dict(attention_bias=False, use_qk_norm=True, norm_type="rms_norm")
 
 def hf_config(
     vision: dict, tied: bool, image_size: int = 448, rope: dict | None = None, max_positions: int = 32768,
-    feature_layer: int = -1,
+    feature_layer: int = -1, text: dict | None = None,
 ) -> InternVLConfig:
+    """`text`: text_config fields over the tiny Qwen2 ones (e.g. model_type="qwen3", head_dim=32)."""
     rope = rope or {"rope_type": "default", "rope_theta": 1e6}
     return InternVLConfig(
         vision_config=dict(
@@ -32,7 +33,7 @@ def hf_config(
             model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, vocab_size=1000, rms_norm_eps=1e-6,
             max_position_embeddings=max_positions, rope_parameters=rope, tie_word_embeddings=tied,
-        ),
+        ) | (text or {}),
         image_token_id=IMG_CONTEXT,
         vision_feature_layer=feature_layer,
         tie_word_embeddings=tied,  # transformers decides tying by the top-level flag

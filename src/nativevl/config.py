@@ -47,12 +47,14 @@ class VisionConfig:
 # - Qwen2ForCausalLM: q/k/v biases (1B, 2B, 8B, 14B, 38B, 78B);
 # - InternLM2ForCausalLM: no biases; the original 9B folder stores InternLM3-8B's weights this way (one
 #   interleaved `wqkv` per layer, `wo`, `w1/w2/w3`, `tok_embeddings`, `output`);
-# - LlamaForCausalLM: no biases, explicit head size: InternLM3 as transformers (and the -hf layout) write it.
+# - LlamaForCausalLM: no biases, explicit head size: InternLM3 as transformers (and the -hf layout) write it;
+# - Qwen3ForCausalLM (InternVL3.5): no biases, an explicit head size (16 x 128 != 1024 in the 0.6B), and an
+#   RMSNorm over each query and key head before RoPE (`q_norm`, `k_norm`).
 # The label value the loss skips (PyTorch's cross_entropy default; the original's IGNORE_TOKEN_ID): the data
 # pipeline writes it, the model's loss reads it.
 IGNORE_INDEX = -100
 
-ARCHITECTURES = ("Qwen2ForCausalLM", "InternLM2ForCausalLM", "LlamaForCausalLM")
+ARCHITECTURES = ("Qwen2ForCausalLM", "InternLM2ForCausalLM", "LlamaForCausalLM", "Qwen3ForCausalLM")
 
 
 @dataclass
@@ -90,6 +92,11 @@ class TextConfig:
     @property
     def head_dim(self) -> int:
         return self.head_dim_override or self.hidden_size // self.num_attention_heads
+
+    @property
+    def qk_norm(self) -> bool:
+        """Whether each query and key head is RMS-normed before RoPE (Qwen3)."""
+        return self.architecture == "Qwen3ForCausalLM"
 
 
 ROPE_TYPES = ("default", "dynamic")

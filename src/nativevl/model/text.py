@@ -1,4 +1,5 @@
-"""The Qwen2 decoder (InternVL3-1B … 78B): pre-RMSNorm blocks, grouped-query attention with q/k/v biases,
+"""The Qwen2 decoder (InternVL3-1B … 78B) and its relatives: pre-RMSNorm blocks, grouped-query attention with
+q/k/v biases (Qwen2) or without (Llama/InternLM, Qwen3, whose query and key heads are RMS-normed before RoPE),
 rotary positions computed per token from float position ids (so V2PE's fractional positions are exact),
 dynamic-NTK RoPE scaling, a SwiGLU MLP and an optionally tied `lm_head`.
 
@@ -189,6 +190,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.num_kv_heads * hd, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(d, self.num_kv_heads * hd, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.num_heads * hd, d, bias=False)
+        if cfg.qk_norm:  # Qwen3: over each head's own dim, so it is unchanged by the packed q/k/v product
+            self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
+        self.qk_norm = cfg.qk_norm
         self.packed: PackedLinear | QuantGroup | None = None
         self.kernel_attention = False  # CPU bf16 prompts on nativevl's kernel (nativevl/kernels): prepack_linears
 
@@ -200,7 +205,10 @@ class Attention(nn.Module):
             qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
         heads = qkv.view(b, length, -1, self.head_dim).transpose(1, 2)  # (B, H + 2 Hkv, L, D)
         nq, nqk = self.num_heads, self.num_heads + self.num_kv_heads
-        qk = apply_rope(heads[:, :nqk], a.cos, a.sin)  # queries and keys rotated in one go
+        qk = heads[:, :nqk]
+        if self.qk_norm:
+            qk = torch.cat([self.q_norm(qk[:, :nq]), self.k_norm(qk[:, nq:])], dim=1)
+        qk = apply_rope(qk, a.cos, a.sin)  # queries and keys rotated in one go
         q, k, v = qk[:, :nq], qk[:, nq:], heads[:, nqk:]
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)

@@ -35,7 +35,7 @@ def _vision_from(d: dict[str, Any], hf: bool) -> VisionConfig:
 
 
 _MODEL_TYPES = {"qwen2": "Qwen2ForCausalLM", "internlm2": "InternLM2ForCausalLM", "llama": "LlamaForCausalLM",
-                "internlm3": "InternLM3ForCausalLM"}
+                "internlm3": "InternLM3ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
 def _text_from(d: dict[str, Any], where: str) -> TextConfig:
@@ -59,6 +59,13 @@ def _text_from(d: dict[str, Any], where: str) -> TextConfig:
         if d.get("head_dim") not in (None, natural):
             refuse("head_dim != hidden_size / num_attention_heads")
         d["attention_bias"] = True  # Qwen2 always has q/k/v biases
+    elif arch == "Qwen3ForCausalLM":  # InternVL3.5
+        if d.get("use_sliding_window"):
+            refuse("sliding-window attention (use_sliding_window=true)")
+        if d.get("attention_bias"):
+            refuse("attention_bias=true (biases on q/k/v and o_proj)")
+        d["attention_bias"] = False
+        d["head_dim_override"] = int(d.get("head_dim") or natural)
     elif arch == "InternLM2ForCausalLM":  # the original 9B folder
         if d.get("bias", True):
             refuse("bias=true (biases on wqkv and wo)")
@@ -73,7 +80,7 @@ def _text_from(d: dict[str, Any], where: str) -> TextConfig:
             d["head_dim_override"] = int(d["head_dim"])
     else:
         raise CheckpointError(f"{where}: LLM {arch} ({model_type}) is not supported; supported: Qwen2ForCausalLM, "
-                              "InternLM2ForCausalLM, LlamaForCausalLM, InternLM3ForCausalLM")
+                              "Qwen3ForCausalLM, InternLM2ForCausalLM, LlamaForCausalLM, InternLM3ForCausalLM")
     if d.get("hidden_act", "silu") != "silu":
         refuse(f"hidden_act {d['hidden_act']!r}")
     d["architecture"] = arch
@@ -143,6 +150,9 @@ def _text_dict(t: TextConfig, dtype: str, layout: str = "original") -> dict[str,
     if arch == "Qwen2ForCausalLM":
         d.update(architectures=[arch], model_type="qwen2", head_dim=t.head_dim, use_sliding_window=False,
                  sliding_window=None, max_window_layers=t.num_hidden_layers)
+    elif arch == "Qwen3ForCausalLM":
+        d.update(architectures=[arch], model_type="qwen3", head_dim=t.head_dim, attention_bias=False,
+                 use_sliding_window=False, sliding_window=None, max_window_layers=t.num_hidden_layers)
     elif arch == "InternLM2ForCausalLM":
         d.update(architectures=[arch], model_type="internlm2", bias=False, attn_implementation="eager")
     else:

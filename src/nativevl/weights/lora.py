@@ -60,7 +60,7 @@ LLM_TARGETS = {
     "InternLM2ForCausalLM": ("attention.wqkv", "attention.wo", "feed_forward.w1", "feed_forward.w2",
                              "feed_forward.w3"),
 }
-LLM_TARGETS["LlamaForCausalLM"] = LLM_TARGETS["Qwen2ForCausalLM"]
+LLM_TARGETS["LlamaForCausalLM"] = LLM_TARGETS["Qwen3ForCausalLM"] = LLM_TARGETS["Qwen2ForCausalLM"]
 # nativevl holds InternLM2's layers under Qwen2's names (weights/names.py unpacks wqkv on load), so its targets
 # are these modules; a LoRA on the packed wqkv becomes independent q/k/v LoRAs (docs/training.md says so).
 _INTERNLM2_MODULES = {

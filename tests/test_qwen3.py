@@ -1,0 +1,94 @@
+"""InternVL3.5's language model: the Qwen3 decoder (no biases, head_dim 32 where hidden / heads = 16, an RMSNorm
+over each query and key head before RoPE) inside transformers' InternVL, against nativevl: logits and greedy
+tokens from transformers' own files, nativevl's files in both layouts read back by transformers and by nativevl,
+and the layouts round-tripping bit-exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from reference import VISION_300M, hf_config, hf_model, pixels, prompt
+from safetensors.torch import load_file
+from transformers import InternVLForConditionalGeneration
+
+from nativevl import InternVL
+from nativevl.infer.generate import generate
+from nativevl.weights import CheckpointError, convert
+
+QWEN3 = dict(model_type="qwen3", head_dim=32, attention_bias=False)
+TILES = [2, 1]
+
+
+def qwen3_pair(folder, tied: bool, max_positions: int = 32768) -> tuple[InternVLForConditionalGeneration, InternVL]:
+    """transformers' InternVL with a Qwen3 text config (random weights, q/k norms included) and nativevl loaded
+    from the folder transformers wrote."""
+    hf = hf_model(hf_config(VISION_300M, tied, max_positions=max_positions, text=QWEN3))
+    assert hf.model.language_model.layers[0].self_attn.q_norm.weight.std() > 0.05  # random, not ones
+    hf.save_pretrained(folder)
+    return hf, InternVL.from_pretrained(folder).eval()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@torch.no_grad()
+def test_logits_and_greedy_tokens_equal_transformers(tied, tmp_path):
+    hf, ours = qwen3_pair(tmp_path, tied)
+    assert ours.config.text.architecture == "Qwen3ForCausalLM" and ours.config.text.head_dim == 32
+    assert ours.config.text.tie_word_embeddings == tied
+    ids, pv = prompt(TILES), pixels(sum(TILES))
+    diff = (ours(ids, pixel_values=pv).logits - hf(input_ids=ids, pixel_values=pv).logits).abs().max()
+    assert diff.item() <= 1e-5
+    ref = hf.generate(input_ids=ids, pixel_values=pv, max_new_tokens=20, do_sample=False)[:, ids.shape[1]:]
+    assert generate(ours, ids, pixel_values=pv, max_new_tokens=20).tolist() == ref.tolist()
+
+
+@torch.no_grad()
+def test_dynamic_ntk_past_the_trained_length(tmp_path):
+    hf = hf_model(hf_config(VISION_300M, False, max_positions=128, text=QWEN3,
+                            rope={"rope_type": "dynamic", "rope_theta": 1e6, "factor": 2.0}))
+    hf.save_pretrained(tmp_path)
+    ours = InternVL.from_pretrained(tmp_path).eval()
+    ids, pv = prompt([1], seed=7), pixels(1)  # 256 image tokens: past the 128 positions
+    assert (ours(ids, pixel_values=pv).logits - hf(input_ids=ids, pixel_values=pv).logits).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_nativevl_files_in_both_layouts_load_in_transformers_and_back(tied, tmp_path):
+    hf, ours = qwen3_pair(tmp_path / "theirs", tied)
+    torch.manual_seed(5)
+    with torch.no_grad():  # weights transformers did not write, so nothing passes by reading its file back
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ids, pv = prompt(TILES), pixels(sum(TILES))
+    with torch.no_grad():
+        want = ours(ids, pixel_values=pv).logits
+    ours.save_pretrained(tmp_path / "orig", layout="original")
+    llm = json.loads((tmp_path / "orig/config.json").read_text())["llm_config"]
+    assert llm["architectures"] == ["Qwen3ForCausalLM"] and llm["head_dim"] == 32 and llm["model_type"] == "qwen3"
+    assert "language_model.model.layers.0.self_attn.k_norm.weight" in load_file(tmp_path / "orig/model.safetensors")
+    convert(tmp_path / "orig", tmp_path / "hf", layout="transformers")
+    text = json.loads((tmp_path / "hf/config.json").read_text())["text_config"]
+    assert text["model_type"] == "qwen3" and text["head_dim"] == 32
+    theirs = InternVLForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    assert (theirs.lm_head.weight.data_ptr() == theirs.model.language_model.embed_tokens.weight.data_ptr()) == tied
+    with torch.no_grad():
+        for folder in ("orig", "hf"):
+            assert (InternVL.from_pretrained(tmp_path / folder)(ids, pixel_values=pv).logits - want).abs().max() <= 1e-5
+        assert (theirs(input_ids=ids, pixel_values=pv).logits - want).abs().max().item() <= 1e-5
+    convert(tmp_path / "hf", tmp_path / "orig2", layout="original")
+    first, second = load_file(tmp_path / "orig/model.safetensors"), load_file(tmp_path / "orig2/model.safetensors")
+    assert list(first) == list(second) and all(torch.equal(first[k], second[k]) for k in first)
+    assert json.loads((tmp_path / "orig2/config.json").read_text())["llm_config"] == llm
+
+
+def test_unsupported_qwen3_features_are_refused_by_field(tmp_path):
+    hf_model(hf_config(VISION_300M, False, text=QWEN3)).save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    for field, value, message in (("use_sliding_window", True, "sliding-window attention"),
+                                  ("attention_bias", True, "attention_bias=true")):
+        bad = json.loads(json.dumps(raw))
+        bad["text_config"][field] = value
+        (tmp_path / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(CheckpointError, match=rf"config.json: Qwen3ForCausalLM: {message}.* is not supported"):
+            InternVL.from_pretrained(tmp_path)
