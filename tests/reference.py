@@ -159,8 +159,9 @@ WORLD_TINY = {"vision.image_size": 224, "vision.hidden_size": 32, "vision.interm
               "text.num_hidden_layers": 1}
 
 
-def world_checkpoint(root, seed: int = 0):
-    """A small embedded world under root/world and a tiny random model with its tokenizer under root/start."""
+def world_checkpoint(root, seed: int = 0, **changes):
+    """A small embedded world under root/world and a tiny random model with its tokenizer under root/start;
+    `changes`: config fields over WORLD_TINY's (e.g. {"text.architecture": "Qwen3ForCausalLM"})."""
     from nativevl.config import preset
     from nativevl.data.world import generate_world
     from nativevl import InternVL
@@ -171,8 +172,8 @@ def world_checkpoint(root, seed: int = 0):
     generate_world(world, seed=0, scale=0.05)
     tok = load_tokenizer(world / "tokenizer")
     torch.manual_seed(seed)
-    config = preset("tiny").replace(**WORLD_TINY, **{"text.vocab_size": len(tok),
-                                                     "img_context_token_id": tok.img_context_id})
+    config = preset("tiny").replace(**WORLD_TINY | changes, **{"text.vocab_size": len(tok),
+                                                               "img_context_token_id": tok.img_context_id})
     InternVL.from_config(config).save_pretrained(root / "start")
     for name in SIDECAR_FILES:
         if (world / "tokenizer" / name).is_file():

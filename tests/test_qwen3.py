@@ -6,6 +6,7 @@ and the layouts round-tripping bit-exactly."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -92,3 +93,39 @@ def test_unsupported_qwen3_features_are_refused_by_field(tmp_path):
         (tmp_path / "config.json").write_text(json.dumps(bad))
         with pytest.raises(CheckpointError, match=rf"config.json: Qwen3ForCausalLM: {message}.* is not supported"):
             InternVL.from_pretrained(tmp_path)
+
+
+QWEN3_WORLD = {"text.architecture": "Qwen3ForCausalLM", "text.attention_bias": False, "text.head_dim_override": 24}
+
+
+@pytest.fixture(scope="module")
+def qwen3_start(tmp_path_factory):
+    from reference import world_checkpoint
+
+    return world_checkpoint(tmp_path_factory.mktemp("qwen3"), **QWEN3_WORLD)
+
+
+@pytest.mark.parametrize("stage, meta, extra", [
+    ("pretrain", "meta_pretrain.json", {}),
+    ("sft", "meta_sft.json", {"data.v2pe": "random"}),
+    ("mpo", "meta_mpo.json", {"data.max_tokens": 1024, "data.max_seq_length": 1024}),
+    ("sft", "meta_sft.json", {"lora.llm_rank": 4, "lora.vit_rank": 2}),
+])
+def test_every_stage_trains_a_qwen3_model_unchanged(qwen3_start, tmp_path, stage, meta, extra):
+    from test_lora_train import settings
+
+    from nativevl.train.recipes import load_config
+    from nativevl.train.trainer import Trainer
+
+    world, checkpoint = qwen3_start
+    args = settings(qwen3_start, tmp_path, steps=4, **{"stage": stage, "data.meta": str(world / meta),
+                                                       "lora.llm_rank": 0, "lora.vit_rank": 0, **extra})
+    trainer = Trainer(load_config("sft", args))
+    attn = trainer.model.language_model.model.layers[0].self_attn
+    assert attn.qk_norm and attn.head_dim == 24  # head_dim 24 where hidden / heads = 16
+    norm = attn.k_norm.weight.detach().clone()
+    history = trainer.run()
+    assert len(history) == 4 and all(math.isfinite(h["loss"]) for h in history)
+    if not extra.get("lora.llm_rank"):
+        assert not torch.equal(attn.k_norm.weight, norm)  # the Qwen3 norms train with the rest
+    assert (tmp_path / "final").is_dir()
