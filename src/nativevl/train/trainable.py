@@ -28,13 +28,13 @@ def uses_lora(cfg: TrainConfig) -> bool:
 
 
 def quantize_base(model: InternVLModel, cfg: TrainConfig) -> None:
-    """QLoRA: the LLM's linear layers to int8/int4 (the head stays float where it trains)."""
+    """QLoRA: the LLM's decoder layers to int8/int4. The output head stays float, as QLoRA's peers keep it: a
+    training step dequantizes a layer's weight for the forward and again for the backward, and the head's
+    151,674 rows dequantized are a float copy as large as the head itself (at the 8B's width with 2 of its 28
+    layers, a step peaked at 10.8 GiB with the head on int8 against 8.3 GiB with no quantization at all)."""
     from nativevl.model.quant import QuantConfig, quantize
 
-    config = QuantConfig.named(cfg.model.quantize)
-    if cfg.lora.unfreeze_lm_head:
-        config = dataclasses.replace(config, head=0)
-    quantize(model, config)
+    quantize(model, dataclasses.replace(QuantConfig.named(cfg.model.quantize), head=0))
 
 
 def make_trainable(model: InternVLModel, cfg: TrainConfig) -> None:
