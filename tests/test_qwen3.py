@@ -129,3 +129,19 @@ def test_every_stage_trains_a_qwen3_model_unchanged(qwen3_start, tmp_path, stage
     if not extra.get("lora.llm_rank"):
         assert not torch.equal(attn.k_norm.weight, norm)  # the Qwen3 norms train with the rest
     assert (tmp_path / "final").is_dir()
+
+
+@pytest.mark.parametrize("size, vit, llm", [("1b", 0.3, 0.8), ("2b", 0.3, 2.0), ("4b", 0.3, 4.4), ("8b", 0.3, 8.2),
+                                            ("14b", 0.3, 14.8), ("38b", 5.5, 32.8)])
+def test_internvl35_presets_have_the_model_cards_parameter_counts(size, vit, llm):
+    """The InternVL3.5 model card's #Vision / #Language columns (billions, rounded to 0.1)."""
+    from nativevl.config import preset
+    from nativevl.model.text import CausalLM
+    from nativevl.model.vision import InternViT
+
+    cfg = preset(f"internvl3.5-{size}")
+    assert cfg.text.architecture == "Qwen3ForCausalLM" and cfg.text.head_dim == 128
+    assert cfg.img_context_token_id == 151671 and cfg.template == "internvl2_5" and cfg.ps_version == "v2"
+    with torch.device("meta"):
+        counts = [sum(p.numel() for p in m.parameters()) / 1e9 for m in (InternViT(cfg.vision), CausalLM(cfg.text))]
+    assert counts == pytest.approx([vit, llm], abs=0.05)

@@ -200,6 +200,13 @@ def _text(hidden: int, inter: int, layers: int, heads: int, kv: int, **kw: Any) 
     )
 
 
+def _qwen3(hidden: int, inter: int, layers: int, heads: int, kv: int) -> TextConfig:
+    """A Qwen3 base (InternVL3.5's LLMs): head_dim 128 at every size, θ 1e6, 40960 positions, no RoPE scaling."""
+    return _text(hidden, inter, layers, heads, kv, architecture="Qwen3ForCausalLM", vocab_size=151936,
+                 head_dim_override=128, attention_bias=False, max_position_embeddings=40960, rope_scaling=None,
+                 bos_token_id=151643, eos_token_id=151645)
+
+
 PRESETS: dict[str, ModelConfig] = {
     "internvl3-1b": ModelConfig(VIT_300M, _text(896, 4864, 24, 14, 2)),
     "internvl3-2b": ModelConfig(VIT_300M, _text(1536, 8960, 28, 12, 2)),
@@ -213,6 +220,18 @@ PRESETS: dict[str, ModelConfig] = {
     "internvl3-14b": ModelConfig(VIT_300M, _text(5120, 13824, 48, 40, 8)),
     "internvl3-38b": ModelConfig(VIT_6B, _text(5120, 27648, 64, 40, 8)),
     "internvl3-78b": ModelConfig(VIT_6B, _text(8192, 29568, 80, 64, 8)),
+    # InternVL3.5 (docs/internvl3.5.md gives each value's source): the Qwen3 base of each size with its
+    # vocabulary (151936), the head untied at every size (the model card's LLM parameter counts, 0.8B / 2.0B /
+    # 4.4B for the 0.6B / 1.7B / 4B bases that Qwen3 ties, are the untied counts), `<IMG_CONTEXT>` at 151671
+    # (Qwen3's tokenizer holds <think> at 151667); a checkpoint's own config and tokenizer override these.
+    **{f"internvl3.5-{size}": ModelConfig(vit, _qwen3(*shape), img_context_token_id=151671)
+       for size, vit, shape in (
+           ("1b", VIT_300M, (1024, 3072, 28, 16, 8)),
+           ("2b", VIT_300M, (2048, 6144, 28, 16, 8)),
+           ("4b", VIT_300M, (2560, 9728, 36, 32, 8)),
+           ("8b", VIT_300M, (4096, 12288, 36, 32, 8)),
+           ("14b", VIT_300M, (5120, 17408, 40, 40, 8)),
+           ("38b", VIT_6B, (5120, 25600, 64, 64, 8)))},
     # Tiny shapes for tests and the demo: 448 px tiles, 256 tokens per tile, a 1,000-token vocabulary.
     "tiny": ModelConfig(
         VisionConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256),
@@ -243,7 +262,8 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def preset(name: str) -> ModelConfig:
-    """A fresh copy of a named preset (`internvl3-1b` … `internvl3-78b`, `tiny`, `tiny-6b`, `tiny-internlm`)."""
+    """A fresh copy of a named preset (`internvl3-1b` … `internvl3-78b`, `internvl3.5-1b` … `internvl3.5-38b`,
+    `tiny`, `tiny-6b`, `tiny-internlm`)."""
     try:
         return copy.deepcopy(PRESETS[name])
     except KeyError:
