@@ -2,6 +2,7 @@
 
 from nativevl.api import InternVL, Pipeline
 from nativevl.config import ModelConfig, TextConfig, VisionConfig, preset
+from nativevl.conversation import split_thinking
 from nativevl.data.image import load_image
 from nativevl.data.video import load_video
 from nativevl.infer.generate import GenerationConfig
@@ -25,5 +26,6 @@ __all__ = [
     "load_video",
     "pixel_shuffle",
     "preset",
+    "split_thinking",
 ]
 __version__ = "0.1.0"

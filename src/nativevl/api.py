@@ -21,7 +21,13 @@ from typing import Any
 
 import torch
 
-from nativevl.conversation import IMAGE_PLACEHOLDER, image_prefix, video_prefix
+from nativevl.conversation import (
+    IMAGE_PLACEHOLDER,
+    THINKING_SAMPLING,
+    THINKING_SYSTEM_PROMPT,
+    image_prefix,
+    video_prefix,
+)
 from nativevl.data.image import ImageSource, load_image
 from nativevl.data.video import load_video
 from nativevl.device import check_device
@@ -83,9 +89,12 @@ class Pipeline:
         prepack: bool = False,
         quantize: str | None = None,
         adapter: str | Path | None = None,
+        thinking: bool = False,
     ) -> None:
         """`adapter`: a LoRA adapter folder (PEFT's format) for the checkpoint at `path`, merged into it before
-        the speed switches (so `quantize` quantizes the merged weights)."""
+        the speed switches (so `quantize` quantizes the merged weights). `thinking`: InternVL3.5's thinking mode,
+        its system prompt and recommended sampling (the reply opens with `<think>…</think>`; `split_thinking`
+        parts it from the answer)."""
         device = check_device(device)  # 'gpu', or cuda on a machine without one: one line before anything loads
         model = InternVL.from_pretrained(path, dtype=dtype, device=device).eval()
         if adapter is not None:
@@ -98,6 +107,10 @@ class Pipeline:
         check_tokenizer(self.model, self.tokenizer)
         self.max_num = max_num or self.model.config.max_dynamic_patch
         self.v2pe_delta = v2pe_delta
+        self.defaults: dict[str, Any] = {}  # generation settings a call's own override
+        if thinking:
+            self.model.config.system_message = THINKING_SYSTEM_PROMPT
+            self.defaults = dict(THINKING_SAMPLING)
 
     def prepare(
         self, prompt: str, images: Sequence[ImageSource] = (), video: str | Path | None = None,
@@ -124,11 +137,13 @@ class Pipeline:
                  history: History | None = None, return_history: bool = False, num_segments: int = 8,
                  **generation: Any) -> str | tuple[str, History]:
         question, pixels, patches = self.prepare(prompt, images, video, num_segments, history)
+        generation = self.defaults | generation
         return chat_api.chat(self.model, self.tokenizer, pixels, question, generation, history, return_history, patches,
                     self.v2pe_delta)
 
     def stream(self, prompt: str, images: Sequence[ImageSource] = (), video: str | Path | None = None,
                history: History | None = None, num_segments: int = 8, **generation: Any) -> Iterator[str]:
         question, pixels, patches = self.prepare(prompt, images, video, num_segments, history)
+        generation = self.defaults | generation
         return chat_api.stream_chat(self.model, self.tokenizer, pixels, question, generation, history, patches,
                            self.v2pe_delta)

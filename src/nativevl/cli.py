@@ -75,11 +75,12 @@ def cmd_chat(args: argparse.Namespace) -> None:
         raise ValueError("--prm scores Best-of-N candidates: give --best-of N too (e.g. --best-of 8)")
     pipe = Pipeline(args.model, dtype=DTYPES.get(args.dtype), device=args.device, max_num=args.max_num,
                     v2pe_delta=args.v2pe_delta, compile=args.compile, prepack=args.prepack,
-                    quantize=args.quantize, adapter=args.adapter)
+                    quantize=args.quantize, adapter=args.adapter, thinking=args.thinking)
     if args.system is not None:
         pipe.model.config.system_message = args.system
-    settings = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
-                    temperature=args.temperature or 1.0, top_p=args.top_p, top_k=args.top_k,
+    sampled = dict(do_sample=args.temperature > 0, temperature=args.temperature or 1.0)
+    settings = dict(max_new_tokens=args.max_new_tokens, top_p=args.top_p, top_k=args.top_k,
+                    **(pipe.defaults if args.thinking and not args.temperature else sampled),
                     repetition_penalty=args.repetition_penalty, stop_strings=args.stop, seed=args.seed)
     history: list[tuple[str, str]] = []
     if args.best_of:
@@ -253,7 +254,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                       allowed_local_media_path=args.allowed_local_media_path,
                       allow_remote_images=args.allow_remote_images, dtype=DTYPES.get(args.dtype), device=args.device,
                       v2pe_delta=args.v2pe_delta, compile=args.compile, prepack=args.prepack,
-                      quantize=args.quantize, adapters=adapter_names(args.adapter))
+                      quantize=args.quantize, adapters=adapter_names(args.adapter), thinking=args.thinking)
     serve(cfg, args.host, args.port, args.graceful_timeout)
 
 
@@ -337,6 +338,8 @@ def _chat_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--v2pe-delta", type=float, help="V2PE: position step of visual tokens (default: integer "
                    "positions, as the released models were run)")
     p.add_argument("--system", help="system message (default: the checkpoint's, else the template's)")
+    p.add_argument("--thinking", action="store_true", help="InternVL3.5's thinking mode: its system prompt and "
+                   "sampling (temperature 0.6 unless --temperature); the reply opens with <think>...</think>")
     p.add_argument("--best-of", type=int, metavar="N", help="sample N answers (temperature default 0.7, top-p "
                    "0.95) and print the one the process reward model (--prm) scores highest")
     p.add_argument("--prm", metavar="PATH", help="process reward model checkpoint folder for --best-of")
@@ -487,6 +490,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
     p.add_argument("--device", help="cpu, cuda, … (default cpu)")
     p.add_argument("--v2pe-delta", type=float, help="V2PE position step of visual tokens (default: integer)")
+    p.add_argument("--thinking", action="store_true", help="InternVL3.5's thinking mode for requests that do not "
+                   "set `thinking`: its system prompt, temperature 0.6, the <think> part in reasoning_content")
     p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]FOLDER",
                    help="a LoRA adapter for MODEL, served beside it under NAME (default: the folder's id); "
                    "repeatable; a request picks one by its `model` (no --prepack/--compile with adapters)")

@@ -110,3 +110,60 @@ def image_prefix(num_images: int) -> str:
 def video_prefix(num_frames: int) -> str:
     """`Frame1: <image>\\nFrame2: <image>\\n…`, the inference convention (SFT data writes `Frame-1:`)."""
     return "".join(f"Frame{i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(num_frames))
+
+
+# --- InternVL3.5's thinking mode -------------------------------------------------------------------------------
+# The model card's "Thinking System Prompt" (VLMEvalKit's R1_SYSTEM_PROMPT, vlmeval/vlm/internvl/internvl_chat.py)
+# and the sampling the card recommends with it (do_sample, temperature 0.6, "to mitigate undesired repetition").
+THINKING_SYSTEM_PROMPT = (
+    "You are an AI assistant that rigorously follows this response protocol:\n\n"
+    "1. First, conduct a detailed analysis of the question. Consider different angles, potential solutions, and "
+    "reason through the problem step-by-step. Enclose this entire thinking process within <think> and </think> "
+    "tags.\n\n"
+    "2. After the thinking section, provide a clear, concise, and direct answer to the user's question. Separate "
+    "the answer from the think section with a newline.\n\n"
+    "Ensure that the thinking process is thorough but remains focused on the query. The final answer should be "
+    "standalone and not reference the thinking section."
+)
+THINKING_SAMPLING = {"do_sample": True, "temperature": 0.6}
+THINK_START, THINK_END = "<think>", "</think>"
+
+
+def split_thinking(text: str, final: bool = True) -> tuple[str, str]:
+    """(reasoning, answer) of a thinking-mode reply `<think>reasoning</think>answer`; a reply that does not open
+    with <think> is all answer, one cut off inside it all reasoning. `final=False` (a reply still arriving):
+    nothing is stripped from the end and a tag that may be only partly there is held back, so each call's
+    parts extend the previous call's."""
+    def ends(s: str) -> str:
+        return s.strip() if final else s.lstrip()
+
+    head = text.lstrip()
+    if not head.startswith(THINK_START):
+        return ("", "") if not final and THINK_START.startswith(head) else ("", ends(head))
+    body = head[len(THINK_START):]
+    if THINK_END in body:
+        reasoning, answer = body.split(THINK_END, 1)
+        return ends(reasoning), ends(answer)
+    if not final:  # hold back a '</thi' that may be the start of the closing tag
+        body = body[:len(body) - next((n for n in range(len(THINK_END) - 1, 0, -1) if body.endswith(THINK_END[:n])),
+                                      0)]
+    return ends(body), ""
+
+
+class ThinkingStream:
+    """Pieces of a streamed thinking-mode reply -> (new reasoning, new answer) to send for each."""
+
+    def __init__(self) -> None:
+        self.text, self.sent = "", ("", "")
+
+    def feed(self, piece: str) -> tuple[str, str]:
+        self.text += piece
+        reasoning, answer = split_thinking(self.text, final=False)
+        new = (reasoning[len(self.sent[0]):], answer[len(self.sent[1]):])
+        self.sent = (reasoning, answer)
+        return new
+
+    def finish(self) -> tuple[str, str]:
+        """What was held back (a tag that turned out not to be one) once the reply has ended."""
+        held = split_thinking(self.text + "\0", final=False)  # a last character that completes no tag
+        return held[0][len(self.sent[0]):].rstrip("\0"), held[1][len(self.sent[1]):].rstrip("\0")

@@ -10,7 +10,10 @@ Choices made where OpenAI's API and InternVL differ (docs/serving.md):
   only image, `Image-k: <image>\\n` lines when there are several (numbered over the whole conversation); a text
   that already holds one `<image>` per image of its message is used as written;
 - a system message replaces the template's system prompt;
-- choice k of a request with `seed` samples with seed + k.
+- choice k of a request with `seed` samples with seed + k;
+- `thinking: true` (or vLLM's `chat_template_kwargs: {"enable_thinking": true}`, or `--thinking` for every
+  request) is InternVL3.5's thinking mode: its system prompt, temperature 0.6 unless the request sets one, and
+  the <think> part in `reasoning_content` (serve/replies.py).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 import re
 import time
@@ -40,12 +42,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from nativevl.conversation import IMAGE_PLACEHOLDER, chat_prompt, expand_images
+from nativevl.conversation import (
+    IMAGE_PLACEHOLDER,
+    THINKING_SAMPLING,
+    THINKING_SYSTEM_PROMPT,
+    chat_prompt,
+    expand_images,
+)
 from nativevl.data.image import ImageError, load_image, open_image
 from nativevl.device import check_device
 from nativevl.infer.chat import chat_generation_config, check_tokenizer, speed_up
 from nativevl.infer.generate import GenerationConfig
 from nativevl.serve.engine import Engine, Event, Sequence
+from nativevl.serve.replies import ApiError, complete, error_body, error_response, stream
 from nativevl.tokenizer import InternVLTokenizer, load_tokenizer
 from nativevl.weights import load_model
 
@@ -72,6 +81,7 @@ class ServeConfig:
     max_tiles: int | None = None  # tiles per image (dynamic tiling's max_num); default: the model's
     max_model_len: int | None = None  # prompt + output tokens; default: the tokenizer's model_max_length
     default_max_tokens: int = 1024  # when the request sets none (capped by what the context has left)
+    thinking: bool = False  # InternVL3.5's thinking mode for requests that do not say (`thinking` in the body)
     max_n: int = 8
     allowed_local_media_path: str | None = None  # image_url may name files under this folder (off when None)
     allow_remote_images: bool = False  # image_url may be http(s) (off by default: the server fetches nothing)
@@ -84,22 +94,6 @@ class ServeConfig:
     quantize: str | None = None  # "int8" / "int4": the language model's linear layers quantized on load
     # LoRA adapters (model id -> adapter folder) beside the base, each answering requests that name it
     adapters: dict[str, str] = field(default_factory=dict)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-
-
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def error_response(e: ApiError) -> JSONResponse:
-    return JSONResponse(error_body(e.message, e.kind, e.param, e.code), status_code=e.status)
 
 
 # --- the request, as OpenAI defines it (only what we act on; other fields are ignored) ---------------------
@@ -148,12 +142,21 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    thinking: bool | None = None  # extension; vLLM's `chat_template_kwargs: {"enable_thinking": …}` is read too
 
 
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "response_format")
 
 
 # --- from messages to a prompt ---------------------------------------------------------------------------------
+
+
+def thinks(req: ChatRequest, default: bool) -> bool:
+    """The request's `thinking`, else vLLM's chat_template_kwargs.enable_thinking, else the server's default."""
+    kwargs = (req.model_extra or {}).get("chat_template_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ApiError(400, "chat_template_kwargs must be an object", "chat_template_kwargs")
+    return bool(req.thinking if req.thinking is not None else kwargs.get("enable_thinking", default))
 
 
 def parts(message: Message) -> tuple[str, list[str]]:
@@ -315,8 +318,8 @@ class Server:
         """The model ids this server answers to: the base's, then each adapter's."""
         return [self.name, *self.cfg.adapters]
 
-    def prepare(self, req: ChatRequest) -> tuple[list[int], torch.Tensor | None, GenerationConfig]:
-        """Prompt ids, tiles and settings for a request, or an ApiError naming what is wrong."""
+    def prepare(self, req: ChatRequest) -> tuple[list[int], torch.Tensor | None, GenerationConfig, bool]:
+        """Prompt ids, tiles, settings and whether it thinks, for a request; or an ApiError naming what is wrong."""
         if req.model not in self.names:
             raise ApiError(404, f"the model {req.model!r} does not exist; this server serves "
                            f"{', '.join(map(repr, self.names))}", "model", "model_not_found")
@@ -329,6 +332,12 @@ class Server:
         if len(stops) > 4 or any(not s for s in stops):
             raise ApiError(400, "stop takes at most 4 non-empty strings", "stop")
         system, history, question, urls = render(req.messages)
+        thinking = thinks(req, self.cfg.thinking)
+        if thinking and system is not None:
+            raise ApiError(400, "thinking mode sets the system message (InternVL3.5's thinking prompt): send no "
+                           "system message with it", "messages")
+        system = THINKING_SYSTEM_PROMPT if thinking else system
+        temperature = THINKING_SAMPLING["temperature"] if thinking and req.temperature is None else req.temperature
         if len(urls) > self.cfg.max_images:
             raise ApiError(400, f"{len(urls)} images; this server allows at most {self.cfg.max_images} per request",
                            "messages")
@@ -346,13 +355,13 @@ class Server:
             raise ApiError(400, f"the prompt is {len(ids)} tokens and {wanted or 1} more were asked for, over this "
                            f"model's {self.max_len}-token context", "messages", "context_length_exceeded")
         settings = dict(max_new_tokens=min(wanted or self.cfg.default_max_tokens, left), stop_strings=stops,
-                        do_sample=bool(req.temperature), temperature=req.temperature or 1.0, top_p=req.top_p,
+                        do_sample=bool(temperature), temperature=temperature or 1.0, top_p=req.top_p,
                         top_k=req.top_k, repetition_penalty=req.repetition_penalty)
         try:
             config = chat_generation_config(self.model, self.tokenizer, settings)
         except ValueError as e:
             raise ApiError(400, str(e)) from None
-        return ids, pixels, config
+        return ids, pixels, config, thinking
 
     def submit(self, req: ChatRequest, ids: list[int], pixels: torch.Tensor | None, config: GenerationConfig,
                loop: asyncio.AbstractEventLoop) -> tuple[list[Sequence], asyncio.Queue[tuple[int, Event]]]:
@@ -425,96 +434,16 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def completions(req: ChatRequest, request: Request) -> Any:
-        ids, pixels, config = await run_in_threadpool(server.prepare, req)
+        ids, pixels, config, thinking = await run_in_threadpool(server.prepare, req)
         seqs, events = server.submit(req, ids, pixels, config, asyncio.get_running_loop())
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.name}
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(stream(seqs, events, head, len(ids), include_usage),
+            return StreamingResponse(stream(seqs, events, head, len(ids), include_usage, thinking),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return await complete(request, seqs, events, head, len(ids))
+        return await complete(request, seqs, events, head, len(ids), thinking)
 
     return app
-
-
-async def collect(seqs: list[Sequence], events: asyncio.Queue[tuple[int, Event]]
-                  ) -> AsyncIterator[tuple[int, Event]]:
-    """Each choice's events until every choice has finished; the sequences are cancelled if the caller stops."""
-    left = len(seqs)
-    try:
-        while left:
-            k, e = await events.get()
-            left -= e.finish_reason is not None
-            yield k, e
-    finally:
-        for seq in seqs:
-            seq.cancel()  # no-op for finished ones; frees the slot of a client that went away
-
-
-def usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def failure(e: Event) -> ApiError:
-    if e.finish_reason == "cancelled":
-        return ApiError(503, "the server is shutting down; the request was cancelled", kind="server_error")
-    return ApiError(500, f"generation failed: {e.error}", kind="server_error")
-
-
-async def complete(request: Request, seqs: list[Sequence], events: asyncio.Queue[tuple[int, Event]],
-                   head: dict[str, Any], prompt_tokens: int) -> JSONResponse:
-    texts, ends = [""] * len(seqs), [Event()] * len(seqs)
-
-    async def gather() -> None:
-        async for k, e in collect(seqs, events):
-            texts[k] += e.text
-            if e.finish_reason:
-                ends[k] = e
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    work, gone = asyncio.create_task(gather()), asyncio.create_task(disconnected())
-    await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-    if not work.done():  # the client went away: free its slots, answer nobody
-        work.cancel()
-        for seq in seqs:
-            seq.cancel()
-        return JSONResponse(error_body("client disconnected"), status_code=499)
-    gone.cancel()
-    bad = next((e for e in ends if e.finish_reason not in ("stop", "length")), None)
-    if bad is not None:
-        return error_response(failure(bad))
-    choices = [{"index": k, "message": {"role": "assistant", "content": texts[k].strip()},
-                "finish_reason": ends[k].finish_reason, "logprobs": None} for k in range(len(seqs))]
-    return JSONResponse({**head, "object": "chat.completion", "choices": choices,
-                         "usage": usage(prompt_tokens, sum(e.completion_tokens for e in ends))})
-
-
-async def stream(seqs: list[Sequence], events: asyncio.Queue[tuple[int, Event]], head: dict[str, Any],
-                 prompt_tokens: int, include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
-
-    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-        return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': choices, **extra})}\n\n"
-
-    yield chunk([{"index": k, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                 for k in range(len(seqs))])
-    completion = 0
-    async for k, e in collect(seqs, events):
-        if e.text:
-            yield chunk([{"index": k, "delta": {"content": e.text}, "finish_reason": None}])
-        if e.finish_reason in ("stop", "length"):
-            completion += e.completion_tokens
-            yield chunk([{"index": k, "delta": {}, "finish_reason": e.finish_reason}])
-        elif e.finish_reason:
-            err = failure(e)
-            yield f"data: {json.dumps(error_body(err.message, err.kind))}\n\n"
-            return
-    if include_usage:
-        yield chunk([], usage=usage(prompt_tokens, completion))
-    yield "data: [DONE]\n\n"
 
 
 class BodyLimit:
