@@ -145,3 +145,19 @@ def test_internvl35_presets_have_the_model_cards_parameter_counts(size, vit, llm
     with torch.device("meta"):
         counts = [sum(p.numel() for p in m.parameters()) / 1e9 for m in (InternViT(cfg.vision), CausalLM(cfg.text))]
     assert counts == pytest.approx([vit, llm], abs=0.05)
+
+
+@pytest.mark.parametrize("switch", [{"prepack": True}, {"quantize": "int8"}])
+@torch.no_grad()
+def test_the_speed_switches_decode_a_qwen3_model_as_it_is(switch, tmp_path):
+    """--prepack packs q/k/v into one product (the norms apply per head after it); int8 keeps the norms float."""
+    from nativevl.infer.chat import speed_up
+
+    hf_model(hf_config(VISION_300M, False, text=QWEN3)).save_pretrained(tmp_path)
+    ids, pv = prompt([1]), pixels(1)
+    want = generate(InternVL.from_pretrained(tmp_path).eval(), ids, pixel_values=pv, max_new_tokens=12)
+    fast = speed_up(InternVL.from_pretrained(tmp_path).eval(), switch.get("prepack", False), False,
+                    switch.get("quantize"))
+    attn = fast.language_model.model.layers[0].self_attn
+    assert (attn.packed is not None) == bool(switch.get("prepack")) and attn.q_norm.weight.dtype == torch.float32
+    assert generate(fast, ids, pixel_values=pv, max_new_tokens=12).tolist() == want.tolist()
