@@ -164,6 +164,7 @@ class ThinkingStream:
         return new
 
     def finish(self) -> tuple[str, str]:
-        """What was held back (a tag that turned out not to be one) once the reply has ended."""
-        held = split_thinking(self.text + "\0", final=False)  # a last character that completes no tag
-        return held[0][len(self.sent[0]):].rstrip("\0"), held[1][len(self.sent[1]):].rstrip("\0")
+        """What was held back (a tag that turned out not to be one) once the reply has ended: the whole reply's
+        parts past what was sent (both are the same lstripped text, the whole one only stripped at its end)."""
+        reasoning, answer = split_thinking(self.text)
+        return reasoning[len(self.sent[0]):], answer[len(self.sent[1]):]

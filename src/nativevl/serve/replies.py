@@ -32,7 +32,6 @@ def error_response(e: ApiError) -> JSONResponse:
     return JSONResponse(error_body(e.message, e.kind, e.param, e.code), status_code=e.status)
 
 
-
 async def collect(seqs: list[Sequence], events: asyncio.Queue[tuple[int, Event]]
                   ) -> AsyncIterator[tuple[int, Event]]:
     """Each choice's events until every choice has finished; the sequences are cancelled if the caller stops."""
